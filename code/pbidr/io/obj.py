@@ -1,0 +1,103 @@
+"""Writing meshes: OBJ + MTL + texture (opens textured in Blender/MeshLab), and PLY.
+
+Every file is written under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pbidr.io.mesh import TexturedMesh
+from pbidr.utils.atomic import atomic_path, write_text
+
+
+def _obj_text(mesh: TexturedMesh, mtl_name: str | None, normals: np.ndarray | None) -> str:
+    buf = io.StringIO()
+    buf.write("# written by pbidr\n")
+    if mtl_name is not None:
+        buf.write(f"mtllib {mtl_name}\n")
+    if mesh.vertex_colors is not None and not mesh.has_texture:
+        vc = mesh.vertex_colors.astype(np.float64) / 255.0
+        np.savetxt(buf, np.concatenate([mesh.vertices, vc], axis=1), fmt="v %.6f %.6f %.6f %.4f %.4f %.4f")
+    else:
+        np.savetxt(buf, mesh.vertices, fmt="v %.6f %.6f %.6f")
+    if mesh.has_texture:
+        np.savetxt(buf, mesh.uv, fmt="vt %.7f %.7f")
+    if normals is not None:
+        np.savetxt(buf, normals, fmt="vn %.5f %.5f %.5f")
+    if mtl_name is not None:
+        buf.write(f"usemtl {mesh.material_name}\n")
+    f = mesh.faces + 1
+    if mesh.has_texture and normals is not None:
+        ft = mesh.face_uv + 1
+        rows = np.stack([f[:, 0], ft[:, 0], f[:, 0], f[:, 1], ft[:, 1], f[:, 1], f[:, 2], ft[:, 2], f[:, 2]], 1)
+        np.savetxt(buf, rows, fmt="f %d/%d/%d %d/%d/%d %d/%d/%d")
+    elif mesh.has_texture:
+        ft = mesh.face_uv + 1
+        rows = np.stack([f[:, 0], ft[:, 0], f[:, 1], ft[:, 1], f[:, 2], ft[:, 2]], 1)
+        np.savetxt(buf, rows, fmt="f %d/%d %d/%d %d/%d")
+    elif normals is not None:
+        np.savetxt(buf, np.repeat(f, 2, axis=1), fmt="f %d//%d %d//%d %d//%d")
+    else:
+        np.savetxt(buf, f, fmt="f %d %d %d")
+    return buf.getvalue()
+
+
+def write_obj(
+    path: str | Path,
+    mesh: TexturedMesh,
+    texture_name: str | None = None,
+    write_texture: bool = True,
+    normals: np.ndarray | None = None,
+) -> Path:
+    """Write ``mesh`` as OBJ. With a texture, also ``<stem>.mtl`` and the texture image beside it.
+
+    ``texture_name`` is the texture's file name in the same folder (default ``<stem>.png``); with
+    ``write_texture=False`` the MTL refers to an existing file of that name (meshes sharing one
+    texture). ``normals`` (V, 3) optional per-vertex normals. Returns the OBJ path.
+    """
+    path = Path(path)
+    mtl_name = None
+    if mesh.has_texture:
+        texture_name = texture_name or f"{path.stem}.png"
+        mtl_name = f"{path.stem}.mtl"
+        if write_texture:
+            with atomic_path(path.parent / texture_name) as tmp:
+                Image.fromarray(np.ascontiguousarray(mesh.texture[..., :3])).save(tmp)
+        write_text(
+            path.parent / mtl_name,
+            f"newmtl {mesh.material_name}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nillum 1\nmap_Kd {texture_name}\n",
+        )
+    write_text(path, _obj_text(mesh, mtl_name, normals))
+    return path
+
+
+def write_ply(path: str | Path, vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None = None) -> Path:
+    """Binary little-endian PLY of a triangle mesh (optional uint8 RGB vertex colours)."""
+    path = Path(path)
+    vertices = np.asarray(vertices, dtype="<f4")
+    faces = np.asarray(faces, dtype="<i4")
+    header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(vertices)}",
+              "property float x", "property float y", "property float z"]
+    vdtype = [("p", "<f4", 3)]
+    if colors is not None:
+        header += ["property uchar red", "property uchar green", "property uchar blue"]
+        vdtype.append(("c", "u1", 3))
+    header += [f"element face {len(faces)}", "property list uchar int vertex_indices", "end_header"]
+    vrec = np.empty(len(vertices), dtype=vdtype)
+    vrec["p"] = vertices
+    if colors is not None:
+        vrec["c"] = np.asarray(colors, dtype=np.uint8)
+    frec = np.empty(len(faces), dtype=[("n", "u1"), ("i", "<i4", 3)])
+    frec["n"] = 3
+    frec["i"] = faces
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(("\n".join(header) + "\n").encode("ascii"))
+            fh.write(vrec.tobytes())
+            fh.write(frec.tobytes())
+    return path
