@@ -1,0 +1,35 @@
+"""Shared fixtures: small meshes made by the tests themselves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trimesh
+
+from pbidr.io.mesh import TexturedMesh
+from pbidr.io.obj import write_obj
+
+
+def checker_texture(size: int = 64, blocks: int = 4) -> np.ndarray:
+    """A texture of ``blocks`` x ``blocks`` flat colour blocks, each colour unique."""
+    rng = np.random.default_rng(1)
+    colors = rng.integers(0, 256, size=(blocks, blocks, 3), dtype=np.uint8)
+    return np.repeat(np.repeat(colors, size // blocks, axis=0), size // blocks, axis=1)
+
+
+def textured_sphere(subdivisions: int = 3, radius: float = 50.0) -> TexturedMesh:
+    """An icosphere (mm) with spherical UVs through their own index and a checker texture."""
+    ico = trimesh.creation.icosphere(subdivisions=subdivisions, radius=radius)
+    v = ico.vertices
+    uv = np.stack([0.5 + np.arctan2(v[:, 0], v[:, 2]) / (2 * np.pi), 0.5 + np.arcsin(v[:, 1] / radius) / np.pi], 1)
+    return TexturedMesh(vertices=v, faces=ico.faces.astype(np.int64), uv=uv, face_uv=ico.faces.astype(np.int64),
+                        texture=checker_texture())
+
+
+@pytest.fixture
+def sphere_raw(tmp_path):
+    """A folder holding a textured sphere as mesh.obj + mesh.mtl + mesh.png."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_obj(raw / "mesh.obj", textured_sphere())
+    return raw

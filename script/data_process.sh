@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Preprocess: raw textured mesh -> IDR scan directory data/DATASET/scanSCAN_ID.
+# With no arguments: the built-in sample -> data/raw/0 (if absent) -> data/Test/scan0.
+#   -i RAW        raw mesh file or folder holding mesh.*      (env RAW,      default data/raw/0)
+#   -o SCAN_ID    scan id                                      (env SCAN_ID,  default 0)
+#   -d DATASET    dataset folder under data/                   (env DATASET,  default Test)
+#   any other flag goes to `pbidr preprocess` (--yaw 17 --yaw-angle 45 --pitch 0 --pitch-angle 30 --res 1024 ...)
+source "$(dirname "$0")/_env.sh"
+RAW="${RAW:-data/raw/0}"; SCAN_ID="${SCAN_ID:-0}"; DATASET="${DATASET:-Test}"
+EXTRA=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -i|--input) RAW="$2"; shift 2 ;;
+        -o|--scan_id) SCAN_ID="$2"; shift 2 ;;
+        -d|--dataset) DATASET="$2"; shift 2 ;;
+        -h|--help) sed -n '2,8p' "$0"; exec pbidr preprocess --help ;;
+        *) EXTRA+=("$1"); shift ;;
+    esac
+done
+if [ "$RAW" = "data/raw/0" ] && [ ! -e data/raw/0/mesh.obj ]; then
+    echo "[pbidr] writing the built-in sample to data/raw/0"
+    pbidr sample --output data/raw/0
+fi
+pbidr preprocess --input "$RAW" --output "data/$DATASET/scan$SCAN_ID" ${EXTRA[@]+"${EXTRA[@]}"}
