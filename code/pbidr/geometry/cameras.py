@@ -190,19 +190,28 @@ def pixel_grid(width: int, height: int) -> np.ndarray:
     return np.stack([cols.ravel(), rows.ravel()], axis=1).astype(np.float64)
 
 
-def pixel_rays(camera: Camera, pixels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def pixel_rays(
+    camera: Camera, pixels: np.ndarray | None = None, dtype: type = np.float64
+) -> tuple[np.ndarray, np.ndarray]:
     """Rays through pixel centres: origins (N, 3) and unit directions (N, 3) in the camera's frame.
 
     ``pixels`` are (N, 2) image points (col, row); by default every pixel, row-major. The renderer
-    and the trainer both call this, so they agree on every ray.
+    and the trainer both call this, so they agree on every ray. ``dtype=np.float32`` halves the
+    memory traffic for whole images (the renderer's case).
     """
+    K_inv = np.linalg.inv(camera.K)
+    # direction = R^T K^-1 (col, row, 1): the image-to-world map of the three pixel coordinates.
+    A = (camera.R.T @ K_inv).astype(dtype)
     if pixels is None:
-        pixels = pixel_grid(camera.width, camera.height)
-    homog = np.concatenate([pixels, np.ones((len(pixels), 1))], axis=1)
-    dirs_cam = homog @ np.linalg.inv(camera.K).T
-    dirs = dirs_cam @ camera.R  # R^T applied to each row
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    origins = np.broadcast_to(camera.center, dirs.shape).copy()
+        cols = np.arange(camera.width, dtype=dtype)
+        rows = np.arange(camera.height, dtype=dtype)
+        dirs = rows[:, None, None] * A[:, 1] + cols[None, :, None] * A[:, 0] + A[:, 2]
+        dirs = dirs.reshape(-1, 3)
+    else:
+        pixels = np.asarray(pixels, dtype=dtype)
+        dirs = pixels[:, :1] * A[:, 0] + pixels[:, 1:2] * A[:, 1] + A[:, 2]
+    dirs /= np.sqrt(np.einsum("ij,ij->i", dirs, dirs))[:, None]
+    origins = np.broadcast_to(camera.center.astype(dtype), dirs.shape).copy()
     return origins, dirs
 
 

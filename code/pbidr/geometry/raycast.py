@@ -55,14 +55,16 @@ class MeshRayCaster:
             o = np.ascontiguousarray(origins[s : s + chunk], dtype=np.float32)
             d = np.ascontiguousarray(directions[s : s + chunk], dtype=np.float32)
             res = self._scene.run(o, d, output=1)
-            prim = res["primID"].astype(np.int64)
+            prim = res["primID"]
             ok = prim >= 0
-            face[s : s + chunk] = np.where(ok, prim, -1)
-            u, v = res["u"].astype(np.float64), res["v"].astype(np.float64)
-            b = np.stack([1.0 - u - v, u, v], axis=1)
+            face[s : s + chunk] = prim  # Embree reports a miss as -1
+            u, v = res["u"], res["v"]
+            b = bary[s : s + chunk]
+            b[:, 1] = u
+            b[:, 2] = v
+            b[:, 0] = 1.0 - b[:, 1] - b[:, 2]
             b[~ok] = 0.0
-            bary[s : s + chunk] = b
-            depth[s : s + chunk] = np.where(ok, res["tfar"].astype(np.float64), np.inf)
+            depth[s : s + chunk] = np.where(ok, res["tfar"], np.inf)
         return Hits(face=face, bary=bary, depth=depth)
 
     def points(self, hits: Hits) -> np.ndarray:

@@ -60,7 +60,7 @@ class EmbreeRenderer:
         self.caster = MeshRayCaster(to_normalised(mesh.vertices, scale_mat), mesh.faces)
 
     def render(self, camera: Camera) -> RenderResult:
-        origins, dirs = pixel_rays(camera)
+        origins, dirs = pixel_rays(camera, dtype=np.float32)
         hits = self.caster.intersect(origins, dirs)
         colors = surface_colors(self.mesh, hits)
         rgb = np.clip(np.rint(colors * 255.0), 0, 255).astype(np.uint8)
