@@ -8,6 +8,7 @@ scale_mat_i = normalised -> world), the coarse mesh (``mesh.obj`` + texture), ``
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def preprocess(
     rig.validate()
     mesh_path = find_mesh_in_dir(raw)
     mesh = load_mesh(mesh_path)
+    warnings = list(mesh.extras.get("warnings", []))
+    for w in warnings:
+        print(f"pbidr preprocess: warning: {w}", file=sys.stderr)
     t_load = time.perf_counter() - t0
 
     center, radius = bounding_sphere(mesh.vertices)
@@ -95,6 +99,7 @@ def preprocess(
             "n_views": len(cameras),
             "image_size": [cameras[0].height, cameras[0].width],
             "renderer": backend.name,
+            "warnings": warnings,
             "mask_coverage": coverage,
             "timings": timings,
         }

@@ -1,0 +1,145 @@
+"""A scan directory (image/, mask/, cameras.npz, mesh.obj) as training data: pixels -> rays.
+
+Images may be loaded at a lower resolution than they were rendered (``img_res``): they are
+area-downsampled and the intrinsics scaled so that every ray still passes through the centre of
+its (new) pixel. Rays and the coarse mesh live in the normalised frame (unit sphere).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pbidr.errors import PbidrError
+from pbidr.geometry.cameras import Camera, load_cameras_npz, pixel_rays, to_normalised
+from pbidr.geometry.raycast import Hits, MeshRayCaster
+from pbidr.io.load import load_mesh
+from pbidr.io.mesh import TexturedMesh
+from pbidr.utils.images import read_image
+
+
+@dataclass
+class ScanData:
+    """images (V, H, W, 3) float32 in [0, 1]; masks (V, H, W) bool; cameras in the normalised frame;
+    scale_mat (4, 4) normalised -> world; mesh = the coarse mesh (world frame)."""
+
+    scan_dir: Path
+    images: np.ndarray
+    masks: np.ndarray
+    cameras: list[Camera]
+    scale_mat: np.ndarray
+    mesh: TexturedMesh
+
+    @property
+    def n_views(self) -> int:
+        return len(self.cameras)
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return self.images.shape[1], self.images.shape[2]
+
+
+def resize_camera(cam: Camera, width: int, height: int) -> Camera:
+    """The same camera for an image resampled to width x height (pixel centres at integers)."""
+    sx, sy = width / cam.width, height / cam.height
+    K = cam.K.copy()
+    K[0, 0] *= sx
+    K[1, 1] *= sy
+    K[0, 2] = (K[0, 2] + 0.5) * sx - 0.5
+    K[1, 2] = (K[1, 2] + 0.5) * sy - 0.5
+    return Camera(K=K, R=cam.R, t=cam.t, width=width, height=height)
+
+
+def load_scan(scan_dir: str | Path, img_res: tuple[int, int] | None = None, views: list[int] | None = None) -> ScanData:
+    """Load a scan directory; ``img_res`` (H, W) resamples the images, ``views`` (0-based) selects some."""
+    scan_dir = Path(scan_dir)
+    if not scan_dir.is_dir():
+        raise PbidrError(f"{scan_dir}: scan directory not found (run `pbidr preprocess` or script/data_process.sh)")
+    image_paths = sorted((scan_dir / "image").glob("*.png"))
+    mask_paths = sorted((scan_dir / "mask").glob("*.png"))
+    if not image_paths:
+        raise PbidrError(f"{scan_dir / 'image'}: no images (*.png)")
+    if [p.name for p in image_paths] != [p.name for p in mask_paths]:
+        raise PbidrError(f"{scan_dir}: image/ holds {len(image_paths)} images and mask/ {len(mask_paths)} masks; "
+                         "they must match one to one")
+    first = read_image(image_paths[0])
+    h0, w0 = first.shape[:2]
+    cameras, scale_mat = load_cameras_npz(scan_dir / "cameras.npz", len(image_paths), w0, h0)
+    mesh_path = scan_dir / "mesh.obj"
+    if not mesh_path.is_file():
+        raise PbidrError(f"{mesh_path}: the scan's coarse mesh is missing (re-run preprocess)")
+    mesh = load_mesh(mesh_path)
+    idx = list(range(len(image_paths))) if views is None else list(views)
+    for i in idx:
+        if not 0 <= i < len(image_paths):
+            raise PbidrError(f"{scan_dir}: view {i + 1} does not exist (the scan has {len(image_paths)} views)")
+    h, w = (h0, w0) if img_res is None else (int(img_res[0]), int(img_res[1]))
+    images = np.empty((len(idx), h, w, 3), np.float32)
+    masks = np.empty((len(idx), h, w), bool)
+    cams = []
+    for k, i in enumerate(idx):
+        img = read_image(image_paths[i])
+        mask = read_image(mask_paths[i], grey=True)
+        if img.shape[:2] != (h0, w0) or mask.shape != (h0, w0):
+            raise PbidrError(f"{image_paths[i]}: size {img.shape[1]}x{img.shape[0]} differs from view 1 "
+                             f"({w0}x{h0}) or from its mask")
+        if (h, w) != (h0, w0):
+            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+            mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA)
+        images[k] = img.astype(np.float32) / 255.0
+        masks[k] = mask >= 128
+        cams.append(resize_camera(cameras[i], w, h))
+    return ScanData(scan_dir=scan_dir, images=images, masks=masks, cameras=cams, scale_mat=scale_mat, mesh=mesh)
+
+
+class RaySampler:
+    """Random pixels of all views -> rays, ground truth and the coarse-mesh correspondence.
+
+    Rays are precomputed per view (float32); the coarse mesh is cast per batch with Embree, so
+    memory does not grow with the image count or resolution.
+    """
+
+    def __init__(self, data: ScanData):
+        self.data = data
+        h, w = data.hw
+        self.n_pixels = data.n_views * h * w
+        self.dirs = np.stack([pixel_rays(cam, dtype=np.float32)[1] for cam in data.cameras])  # (V, HW, 3)
+        self.centers = np.stack([cam.center for cam in data.cameras]).astype(np.float32)  # (V, 3)
+        self.rgb = data.images.reshape(data.n_views, h * w, 3)
+        self.mask = data.masks.reshape(data.n_views, h * w)
+        mesh = data.mesh
+        self.mesh_vertices = to_normalised(mesh.vertices, data.scale_mat)
+        self.mesh_faces = mesh.faces
+        self.vertex_normals = mesh.vertex_normals()  # uniform scaling keeps normals
+        self.caster = MeshRayCaster(self.mesh_vertices, mesh.faces)
+
+    def rays(self, view: np.ndarray, pixel: np.ndarray) -> dict[str, np.ndarray]:
+        """Rays (N,) of (view index, flat pixel index) pairs, with targets and mesh correspondence."""
+        origins = self.centers[view]
+        dirs = self.dirs[view, pixel]
+        hits = self.caster.intersect(origins, dirs)
+        return {
+            "origins": origins, "dirs": dirs, "rgb": self.rgb[view, pixel], "object_mask": self.mask[view, pixel],
+            **self.mesh_correspondence(hits), "view": view, "pixel": pixel,
+        }
+
+    def mesh_correspondence(self, hits: Hits) -> dict[str, np.ndarray]:
+        """The coarse mesh at the rays' first hits: hit flag, point and unit interpolated normal."""
+        normals = self.caster.interpolate(hits, self.vertex_normals)
+        normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+        return {"mesh_hit": hits.hit, "mesh_points": self.caster.points(hits).astype(np.float32),
+                "mesh_normals": normals.astype(np.float32)}
+
+    def sample(self, n_rays: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """``n_rays`` uniformly random pixels over all views."""
+        flat = rng.integers(0, self.n_pixels, size=n_rays)
+        per_view = self.dirs.shape[1]
+        return self.rays(flat // per_view, flat % per_view)
+
+    def view_rays(self, view: int) -> dict[str, np.ndarray]:
+        """Every pixel of one view, row-major."""
+        n = self.dirs.shape[1]
+        return self.rays(np.full(n, view), np.arange(n))
