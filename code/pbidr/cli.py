@@ -65,6 +65,34 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from pbidr.training.trainer import Trainer
+    from pbidr.utils.device import pick_device
+
+    overrides = {}
+    if args.iters is not None:
+        overrides["train.iters"] = args.iters
+    if args.nepoch is not None:
+        overrides.update({"train.nepoch": args.nepoch, "train.iters": 0})
+    if args.seed is not None:
+        overrides["train.seed"] = args.seed
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise PbidrError(f"--set {item}: expected KEY=VALUE, e.g. train.batch_size=1024")
+        from pyhocon import ConfigFactory
+
+        overrides[key.strip()] = ConfigFactory.parse_string(f"v = {value}")["v"]
+    device = pick_device(args.device)
+    trainer = Trainer(args.data, args.exp_dir, args.conf, overrides, device=device, resume=args.resume,
+                      progress=not args.quiet)
+    result = trainer.run()
+    state = "interrupted" if result.interrupted else "finished"
+    print(f"training {state} at step {result.step}/{result.total_steps} in {result.seconds:.1f} s "
+          f"({result.s_per_iter:.3f} s/it, {result.rays_per_s:.0f} rays/s on {device}); run: {result.exp_dir}")
+    return 130 if result.interrupted else 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from pbidr.bench import run_bench
 
@@ -89,6 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_rig_args(p)
     p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("train", help="optimise the SDF and the PBIDR renderer on a scan directory")
+    p.add_argument("--data", default=None, help="scan directory (pbidr preprocess); taken from the run when resuming")
+    p.add_argument("--exp-dir", required=True, help="run directory; an existing run needs --resume")
+    p.add_argument("--conf", default=None, help="HOCON conf (default: the original's settings = confs/test.conf)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--iters", type=int, default=None, help="total iterations (overrides the conf)")
+    g.add_argument("--nepoch", type=int, default=None, help="total epochs, one epoch = one batch per view")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--resume", action="store_true", help="continue the run in --exp-dir from its latest checkpoint")
+    p.add_argument("--seed", type=int, default=None, help="random seed (overrides train.seed)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any conf key, e.g. train.batch_size=512")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", help="benchmarks (see script/benchmark.sh)")
     p.add_argument("what", choices=["render"], help="render: 17 views at 1024^2 of the built-in sample")

@@ -15,7 +15,7 @@ import numpy as np
 
 from pbidr.errors import PbidrError
 from pbidr.geometry.cameras import Camera, load_cameras_npz, pixel_rays, to_normalised
-from pbidr.geometry.raycast import Hits, MeshRayCaster
+from pbidr.geometry.raycast import MeshRayCaster
 from pbidr.io.load import load_mesh
 from pbidr.io.mesh import TexturedMesh
 from pbidr.utils.images import read_image
@@ -95,6 +95,25 @@ def load_scan(scan_dir: str | Path, img_res: tuple[int, int] | None = None, view
     return ScanData(scan_dir=scan_dir, images=images, masks=masks, cameras=cams, scale_mat=scale_mat, mesh=mesh)
 
 
+class CoarseMesh:
+    """The coarse mesh in the normalised frame, for per-ray correspondences (Embree)."""
+
+    def __init__(self, mesh: TexturedMesh, scale_mat: np.ndarray):
+        self.vertices = to_normalised(mesh.vertices, scale_mat)
+        self.faces = mesh.faces
+        self.vertex_normals = mesh.vertex_normals()  # a uniform scale keeps normals
+        self.caster = MeshRayCaster(self.vertices, mesh.faces)
+
+    def correspond(self, origins: np.ndarray, dirs: np.ndarray) -> dict[str, np.ndarray]:
+        """First hits of rays (N, 3): ``mesh_hit`` (N,) bool, ``mesh_points`` (N, 3) and unit
+        barycentric-interpolated vertex normals ``mesh_normals`` (N, 3)."""
+        hits = self.caster.intersect(origins, dirs)
+        normals = self.caster.interpolate(hits, self.vertex_normals)
+        normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+        return {"mesh_hit": hits.hit, "mesh_points": self.caster.points(hits).astype(np.float32),
+                "mesh_normals": normals.astype(np.float32)}
+
+
 class RaySampler:
     """Random pixels of all views -> rays, ground truth and the coarse-mesh correspondence.
 
@@ -110,28 +129,16 @@ class RaySampler:
         self.centers = np.stack([cam.center for cam in data.cameras]).astype(np.float32)  # (V, 3)
         self.rgb = data.images.reshape(data.n_views, h * w, 3)
         self.mask = data.masks.reshape(data.n_views, h * w)
-        mesh = data.mesh
-        self.mesh_vertices = to_normalised(mesh.vertices, data.scale_mat)
-        self.mesh_faces = mesh.faces
-        self.vertex_normals = mesh.vertex_normals()  # uniform scaling keeps normals
-        self.caster = MeshRayCaster(self.mesh_vertices, mesh.faces)
+        self.coarse = CoarseMesh(data.mesh, data.scale_mat)
 
     def rays(self, view: np.ndarray, pixel: np.ndarray) -> dict[str, np.ndarray]:
         """Rays (N,) of (view index, flat pixel index) pairs, with targets and mesh correspondence."""
         origins = self.centers[view]
         dirs = self.dirs[view, pixel]
-        hits = self.caster.intersect(origins, dirs)
         return {
             "origins": origins, "dirs": dirs, "rgb": self.rgb[view, pixel], "object_mask": self.mask[view, pixel],
-            **self.mesh_correspondence(hits), "view": view, "pixel": pixel,
+            **self.coarse.correspond(origins, dirs), "view": view, "pixel": pixel,
         }
-
-    def mesh_correspondence(self, hits: Hits) -> dict[str, np.ndarray]:
-        """The coarse mesh at the rays' first hits: hit flag, point and unit interpolated normal."""
-        normals = self.caster.interpolate(hits, self.vertex_normals)
-        normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
-        return {"mesh_hit": hits.hit, "mesh_points": self.caster.points(hits).astype(np.float32),
-                "mesh_normals": normals.astype(np.float32)}
 
     def sample(self, n_rays: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """``n_rays`` uniformly random pixels over all views."""

@@ -1,0 +1,326 @@
+"""``pbidr train``: the IDR-style optimisation with PBIDR's decoupled renderer.
+
+Run directory layout::
+
+    run.conf            the resolved configuration (eval reloads it)
+    run.json            scan directory, device, versions, start time
+    log.txt             one line per logged iteration (plain text)
+    checkpoints/        latest.pt and step_NNNNNNN.pt (atomic: temp file + rename)
+    plots/              step_NNNNNNN.png renders of one view (rgb / diffuse / specular / albedo / normal)
+    tb/                 TensorBoard scalars and images
+
+A checkpoint holds step, model, optimiser, scheduler, alpha, every RNG state and the conf, so
+``--resume`` continues exactly where the run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pyhocon import ConfigFactory, ConfigTree
+from tqdm import tqdm
+
+from pbidr import __version__
+from pbidr.datasets.scan import RaySampler, ScanData, load_scan, resize_camera
+from pbidr.errors import PbidrError
+from pbidr.evaluation.render import batch_to_device, render_camera
+from pbidr.model.pbidr_model import PBIDRModel
+from pbidr.training.conf import conf_to_text, load_conf, parse_conf
+from pbidr.training.losses import LossTerms, PBIDRLoss
+from pbidr.utils.atomic import atomic_path, write_json, write_text
+from pbidr.utils.images import contact_sheet, write_png
+
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "latest.pt"
+
+
+@dataclass
+class TrainResult:
+    exp_dir: Path
+    step: int
+    total_steps: int
+    seconds: float
+    rays_per_s: float
+    s_per_iter: float
+    last_losses: dict[str, float]
+    interrupted: bool = False
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def checkpoint_path(exp_dir: Path, which: str | int = "latest") -> Path:
+    ckpt_dir = Path(exp_dir) / CHECKPOINT_DIR
+    if which in ("latest", None):
+        return ckpt_dir / LATEST
+    return ckpt_dir / f"step_{int(which):07d}.pt"
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint on the CPU; one-line error when it is missing or corrupt."""
+    if not path.is_file():
+        raise PbidrError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a truncated or foreign file
+        raise PbidrError(f"{path}: corrupt or unreadable checkpoint ({exc.__class__.__name__})") from None
+    for key in ("step", "model", "conf"):
+        if not isinstance(ckpt, dict) or key not in ckpt:
+            raise PbidrError(f"{path}: not a pbidr checkpoint (no '{key}')")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> tuple[PBIDRModel, ConfigTree]:
+    conf = parse_conf(ckpt["conf"], str(path))
+    model = PBIDRModel(conf.get_config("model"))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise PbidrError(f"{path}: checkpoint does not match its conf's network shapes "
+                         f"({str(exc).splitlines()[0]})") from None
+    return model, conf
+
+
+def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state, "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], rng: np.random.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    rng.bit_generator.state = state["numpy"]
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+
+
+def is_run_dir(exp_dir: Path) -> bool:
+    return (exp_dir / "run.conf").exists() or (exp_dir / CHECKPOINT_DIR).exists()
+
+
+class Trainer:
+    def __init__(self, scan_dir: str | Path | None, exp_dir: str | Path, conf_path: str | Path | None = None,
+                 overrides: dict[str, Any] | None = None, device: torch.device = torch.device("cpu"),
+                 resume: bool = False, progress: bool = True):
+        self.exp_dir = Path(exp_dir)
+        self.device = device
+        self.progress = progress
+        overrides = dict(overrides or {})
+        resume_ckpt = None
+        if is_run_dir(self.exp_dir):
+            if not resume:
+                raise PbidrError(f"{self.exp_dir}: already holds a run; pass --resume to continue it "
+                                 "or choose another --exp-dir")
+            path = checkpoint_path(self.exp_dir)
+            resume_ckpt = load_checkpoint(path)
+            conf = parse_conf(resume_ckpt["conf"], str(path), overrides)
+            run_info = json.loads((self.exp_dir / "run.json").read_text()) if (self.exp_dir / "run.json").exists() else {}
+            scan_dir = scan_dir or run_info.get("scan_dir")
+        else:
+            if resume:
+                raise PbidrError(f"{self.exp_dir}: --resume given but the directory holds no run")
+            conf = load_conf(conf_path, overrides)
+        if scan_dir is None:
+            raise PbidrError("--data SCAN_DIR is required for a new run")
+        self.scan_dir = Path(scan_dir)
+        self.conf = conf
+        tc = conf.get_config("train")
+        self.batch_size = tc.get_int("batch_size")
+        self.seed = tc.get_int("seed")
+
+        img_res = conf.get_list("dataset.img_res")
+        views = conf.get_list("dataset.views") or None
+        self.data: ScanData = load_scan(self.scan_dir, tuple(img_res) if img_res else None, views)
+        if not 0 <= tc.get_int("plot_view") < self.data.n_views:
+            raise PbidrError(f"train.plot_view = {tc.get_int('plot_view')} but the scan has {self.data.n_views} views")
+        self.sampler = RaySampler(self.data)
+        self.epoch_len = self.data.n_views  # IDR: one image per iteration, an epoch is every image once
+        iters = tc.get_int("iters")
+        self.total_steps = iters if iters > 0 else tc.get_int("nepoch") * self.epoch_len
+
+        torch.manual_seed(self.seed)
+        self.rng = np.random.default_rng(self.seed)
+        random.seed(self.seed)
+        self.model = PBIDRModel(conf.get_config("model")).to(device)
+        self.loss_fn = PBIDRLoss(conf.get_config("loss"))
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.get_float("learning_rate"))
+        milestones = [int(m) * self.epoch_len for m in tc.get_list("sched_milestones")]
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=tc.get_float("sched_factor"))
+        self.step = 0
+        if resume_ckpt is not None:
+            self.model.load_state_dict(resume_ckpt["model"])
+            self.optimizer.load_state_dict(resume_ckpt["optimizer"])
+            self.scheduler.load_state_dict(resume_ckpt["scheduler"])
+            self.step = int(resume_ckpt["step"])
+            _set_rng_state(resume_ckpt["rng"], self.rng)
+        self._stop_signal: int | None = None
+        self._tb = None
+
+    # -------------------------------------------------------------------------------------------
+    def alpha(self) -> float:
+        return self.loss_fn.alpha_for(self.step // self.epoch_len)
+
+    def save_checkpoint(self) -> Path:
+        state = {
+            "step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "alpha": self.alpha(), "rng": _rng_state(self.rng),
+            "conf": conf_to_text(self.conf), "pbidr_version": __version__, "n_views": self.data.n_views,
+        }
+        latest = checkpoint_path(self.exp_dir)
+        with atomic_path(latest) as tmp:
+            torch.save(state, tmp)
+        numbered = checkpoint_path(self.exp_dir, self.step)
+        with atomic_path(numbered) as tmp:
+            torch.save(state, tmp)
+        keep = self.conf.get_int("train.keep_checkpoints")
+        old = sorted(latest.parent.glob("step_*.pt"))[:-keep] if keep > 0 else []
+        for p in old:
+            p.unlink()
+        return latest
+
+    def _write_run_files(self) -> None:
+        self.exp_dir.mkdir(parents=True, exist_ok=True)
+        write_text(self.exp_dir / "run.conf", conf_to_text(self.conf))
+        info = {"scan_dir": str(self.scan_dir.resolve()), "device": str(self.device), "pbidr_version": __version__,
+                "torch": torch.__version__, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "n_views": self.data.n_views, "image_size": list(self.data.hw), "total_steps": self.total_steps}
+        write_json(self.exp_dir / "run.json", info)
+
+    def _log(self, text: str) -> None:
+        with open(self.exp_dir / "log.txt", "a") as f:
+            f.write(text + "\n")
+
+    def _tensorboard(self):
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                print(f"pbidr train: warning: TensorBoard unavailable ({exc}); scalars go to log.txt only",
+                      file=sys.stderr)
+                self._tb = False
+                return None
+            self._tb = SummaryWriter(str(self.exp_dir / "tb"), purge_step=self.step or None)
+        return self._tb or None
+
+    def plot(self) -> Path:
+        """Render the plot view at plot_res; PNG in plots/ and an image in TensorBoard."""
+        tc = self.conf.get_config("train")
+        cam = self.data.cameras[tc.get_int("plot_view")]
+        scale = tc.get_int("plot_res") / max(cam.width, cam.height)
+        small = resize_camera(cam, max(1, round(cam.width * scale)), max(1, round(cam.height * scale)))
+        view = render_camera(self.model, self.sampler.coarse, small, self.device, tc.get_int("render_chunk"))
+        gt = self.data.images[tc.get_int("plot_view")]
+        import cv2
+
+        gt = cv2.resize(gt, (small.width, small.height), interpolation=cv2.INTER_AREA)
+        names = ["input", "rgb", "diffuse", "specular", "albedo", "normal"]
+        sheet = contact_sheet([[gt, *view.images().values()]], [names])
+        path = self.exp_dir / "plots" / f"step_{self.step:07d}.png"
+        write_png(path, sheet)
+        tb = self._tensorboard()
+        if tb:
+            tb.add_image("render", sheet, self.step, dataformats="HWC")
+        return path
+
+    # -------------------------------------------------------------------------------------------
+    def train_step(self) -> LossTerms:
+        rays = self.sampler.sample(self.batch_size, self.rng)
+        batch = batch_to_device(rays, self.device)
+        rgb_gt = torch.as_tensor(rays["rgb"], device=self.device) * 2.0 - 1.0  # images compared in [-1, 1]
+        out = self.model(batch)
+        terms = self.loss_fn(out, rgb_gt, alpha=self.alpha())
+        if not torch.isfinite(terms.total):
+            raise FloatingPointError(terms)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return terms
+
+    def _on_signal(self, signum, _frame) -> None:
+        self._stop_signal = signum
+
+    def run(self) -> TrainResult:
+        tc = self.conf.get_config("train")
+        ckpt_freq, plot_freq = tc.get_int("checkpoint_freq"), tc.get_int("plot_freq")
+        if self.step == 0:
+            self._write_run_files()
+        self._log(f"# {datetime.now().isoformat(timespec='seconds')} start at step {self.step} of "
+                  f"{self.total_steps} on {self.device}, {self.data.n_views} views at {self.data.hw}, "
+                  f"batch {self.batch_size}")
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        t_start = time.perf_counter()
+        start_step = self.step
+        last: dict[str, float] = {}
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="it", disable=not self.progress,
+                   dynamic_ncols=True)
+        try:
+            while self.step < self.total_steps and self._stop_signal is None:
+                t0 = time.perf_counter()
+                try:
+                    terms = self.train_step()
+                except FloatingPointError as exc:
+                    path = self.save_checkpoint()
+                    bad = exc.args[0].as_floats() if exc.args and hasattr(exc.args[0], "as_floats") else {}
+                    self._log(f"non-finite loss at step {self.step + 1}: {bad}")
+                    raise PbidrError(f"non-finite loss at step {self.step + 1} ({bad}); stopped; the last good "
+                                     f"state is {path} (lower train.learning_rate or check the data)") from None
+                dt = time.perf_counter() - t0
+                last = terms.as_floats()
+                rays_s = self.batch_size / max(dt, 1e-9)
+                bar.update(1)
+                bar.set_postfix_str(f"loss {last['total']:.4f} rgb {last['rgb']:.4f} eik {last['eikonal']:.4f} "
+                                    f"mask {last['mask']:.4f} pull {last['mesh_pull']:.2e} nrm {last['normal']:.4f} "
+                                    f"{rays_s:.0f} rays/s")
+                if self.step % 10 == 0 or self.step == self.total_steps:
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    self._log(f"step {self.step} " + " ".join(f"{k} {v:.6g}" for k, v in last.items())
+                              + f" lr {lr:.3g} alpha {self.alpha():.4g} rays/s {rays_s:.0f}")
+                    tb = self._tensorboard()
+                    if tb:
+                        for k, v in last.items():
+                            tb.add_scalar(f"loss/{k}", v, self.step)
+                        tb.add_scalar("train/lr", lr, self.step)
+                        tb.add_scalar("train/alpha", self.alpha(), self.step)
+                        tb.add_scalar("train/rays_per_s", rays_s, self.step)
+                if ckpt_freq > 0 and self.step % ckpt_freq == 0:
+                    self.save_checkpoint()
+                if plot_freq > 0 and self.step % plot_freq == 0:
+                    self.plot()
+        finally:
+            bar.close()
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        interrupted = self._stop_signal is not None
+        self.save_checkpoint()
+        if not interrupted and (plot_freq <= 0 or self.step % plot_freq != 0):
+            self.plot()
+        seconds = time.perf_counter() - t_start
+        n = max(self.step - start_step, 1)
+        result = TrainResult(exp_dir=self.exp_dir, step=self.step, total_steps=self.total_steps, seconds=seconds,
+                             rays_per_s=n * self.batch_size / max(seconds, 1e-9), s_per_iter=seconds / n,
+                             last_losses=last, interrupted=interrupted)
+        self._log(f"# {'interrupted' if interrupted else 'finished'} at step {self.step}: {seconds:.1f} s, "
+                  f"{result.s_per_iter:.3f} s/it, {result.rays_per_s:.0f} rays/s")
+        if self._tb:
+            self._tb.close()
+        return result
