@@ -1,0 +1,128 @@
+"""Default ``model`` and ``loss`` conf blocks: the original PBIDR settings (its confs/test.conf).
+
+A user conf only needs the keys it changes: ``model_conf(user)`` and ``loss_conf(user)`` fall back to
+these and reject unknown keys, so a typo fails at start instead of being silently ignored.
+
+Names differ from the original where the original's were misleading:
+  implicit_network -> sdf_network; reg_weight -> mesh_pull_weight; the albedo network's
+  ``multires_view`` (it encodes the point) -> ``multires``; the diffuse network's ``multires_view``
+  (it encodes the coarse normal) -> ``multires``.
+Keys the original did not have: ``d_out`` of the shading nets (1 = grey shading as in the original),
+``multires_normal`` (the original encodes the specular net's normal with multires_view),
+``eikonal_uniform_ratio``, ``second_surface_pass``, ``sdf_chunk``, ``rgb_weight``, ``mesh_pull_norm``,
+``mesh_pull_detach_target``, and alpha_factor / alpha_milestones (the original keeps them in ``train``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pyhocon import ConfigFactory, ConfigTree
+
+from pbidr.errors import PbidrError
+
+DEFAULT_MODEL_CONF = """
+model {
+    feature_vector_size = 256
+    sdf_network {
+        d_in = 3
+        dims = [512, 512, 512, 512, 512, 512, 512, 512]
+        skip_in = [4]
+        multires = 6
+        geometric_init = true
+        bias = 0.6
+        weight_norm = true
+        beta = 100.0
+    }
+    diffuse_network {
+        dims = [128]
+        d_out = 1
+        weight_norm = true
+        multires = 6
+    }
+    specular_network {
+        dims = [128]
+        d_out = 1
+        weight_norm = true
+        multires_view = 4
+        multires_normal = 4
+    }
+    albedo_network {
+        dims = [256, 256, 256, 256]
+        weight_norm = true
+        multires = 4
+    }
+    ray_tracer {
+        object_bounding_sphere = 1.0
+        sdf_threshold = 5.0e-5
+        line_search_step = 0.5
+        line_step_iters = 3
+        sphere_tracing_iters = 10
+        n_steps = 100
+        n_secant_steps = 8
+    }
+    # Uniform eikonal samples per ray, in the cube [-r, r]^3 (r = object_bounding_sphere); the traced
+    # points of all rays are eikonal samples too. IDR: 0.5.
+    eikonal_uniform_ratio = 0.5
+    # true: re-evaluate feature and normal at the differentiable surface point x(theta) (IDR, exact,
+    # one more SDF pass over the surface points); false: reuse the values at x0 from the single pass.
+    second_surface_pass = false
+    # Largest number of points per SDF call in the ray tracer (memory knob).
+    sdf_chunk = 100000
+}
+"""
+
+DEFAULT_LOSS_CONF = """
+loss {
+    rgb_weight = 1.0
+    eikonal_weight = 0.1
+    mask_weight = 100.0
+    # The original's reg_weight: mean squared distance between mesh-pulled and traced surface points.
+    mesh_pull_weight = 5.0
+    mesh_pull_norm = l2sq        # l2sq (original) | l2 | l1
+    mesh_pull_detach_target = false   # the original compares against the (detached) traced point
+    normal_weight = 1.0
+    alpha = 50.0
+    alpha_factor = 2.0
+    alpha_milestones = [250, 500, 750, 1000, 1250]
+}
+"""
+
+
+def _as_tree(conf: Any) -> ConfigTree:
+    if conf is None:
+        return ConfigTree()
+    if isinstance(conf, ConfigTree):
+        return conf
+    if isinstance(conf, str):
+        return ConfigFactory.parse_string(conf)
+    if isinstance(conf, dict):
+        return ConfigFactory.from_dict(conf)
+    raise TypeError(f"expected a pyhocon ConfigTree, dict or HOCON string, got {type(conf).__name__}")
+
+
+def _check_keys(user: ConfigTree, default: ConfigTree, where: str) -> None:
+    for key, value in user.items():
+        if key not in default:
+            raise PbidrError(f"{where}.{key}: unknown config key; known: {', '.join(sorted(default.keys()))}")
+        if isinstance(value, ConfigTree) and isinstance(default[key], ConfigTree):
+            _check_keys(value, default[key], f"{where}.{key}")
+
+
+def _merged(user: Any, default_text: str, block: str) -> ConfigTree:
+    default = ConfigFactory.parse_string(default_text).get_config(block)
+    tree = _as_tree(user)
+    if block in tree and isinstance(tree[block], ConfigTree) and len(tree) == 1:
+        tree = tree.get_config(block)  # accept {model {...}} as well as the block itself
+    _check_keys(tree, default, block)
+    return tree.with_fallback(default)
+
+
+def model_conf(user: Optional[Any] = None) -> ConfigTree:
+    """The ``model`` block: ``user`` (ConfigTree, dict or HOCON string) over the defaults."""
+    return _merged(user, DEFAULT_MODEL_CONF, "model")
+
+
+def loss_conf(user: Optional[Any] = None) -> ConfigTree:
+    """The ``loss`` block: ``user`` over the defaults."""
+    return _merged(user, DEFAULT_LOSS_CONF, "loss")

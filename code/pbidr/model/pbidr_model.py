@@ -1,0 +1,309 @@
+"""PBIDR's model: IDR geometry (SDF network, ray tracer, sample network) with PBIDR's appearance
+decomposition rgb = diffuse(coarse normal) * albedo(x, feature) + specular(SDF normal, view).
+
+All coordinates are in the normalised frame (object inside the unit bounding sphere). The coarse
+mesh's hits (``mesh_*`` in :class:`RayBatch`) come from the data side (Embree), one per ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils import parametrize
+
+from pbidr.model.conf_defaults import model_conf
+from pbidr.model.ray_tracing import RayTracerConfig, TraceResult, trace_rays
+from pbidr.model.sample_network import sample_network
+from pbidr.model.sdf_network import SDFNetwork
+from pbidr.model.shading import AlbedoNetwork, DiffuseShadingNetwork, SpecularShadingNetwork
+
+
+@dataclass
+class RayBatch:
+    """N rays in the normalised frame; rays of several cameras may be mixed.
+
+    origins: (N, 3) camera centres.
+    dirs: (N, 3) unit directions.
+    object_mask: (N,) bool ground-truth silhouette; required by ``forward`` (training), unused by
+        ``render_eval`` (may be None there).
+    mesh_hit: (N,) bool, the ray hits the coarse mesh.
+    mesh_points: (N, 3) first hit on the coarse mesh (any value where ``mesh_hit`` is False).
+    mesh_normals: (N, 3) unit barycentric-interpolated vertex normal at that hit.
+    """
+
+    origins: torch.Tensor
+    dirs: torch.Tensor
+    object_mask: Optional[torch.Tensor]
+    mesh_hit: torch.Tensor
+    mesh_points: torch.Tensor
+    mesh_normals: torch.Tensor
+
+    @property
+    def n_rays(self) -> int:
+        return self.origins.shape[0]
+
+    def to(self, device: torch.device | str) -> "RayBatch":
+        return RayBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                           for f in fields(self)})
+
+    def __getitem__(self, index: Any) -> "RayBatch":
+        """Rays selected by a slice, index tensor or bool mask."""
+        return RayBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
+                           for f in fields(self)})
+
+
+@dataclass
+class ModelOutput:
+    """Training forward of N rays. K = rays in ``surface_mask``, P = rays in ``mesh_hit & surface_mask``.
+
+    rgb, diffuse, specular, albedo: (N, 3); rgb in [-1, 1], the rest in [0, 1]; zeros off the surface.
+    normals: (N, 3) unit SDF normals at the surface points, zeros elsewhere.
+    points: (N, 3) traced points (surface point, or min-SDF point for the mask loss), detached.
+    dists: (N,) their distance along the ray.
+    network_object_mask: (N,) bool, the ray hits the SDF surface.
+    object_mask: (N,) bool, ground-truth silhouette.
+    surface_mask: (N,) bool = network_object_mask & object_mask (where colour is rendered).
+    sdf_output: (N,) SDF at ``points`` (attached): the mask loss uses it off ``surface_mask``.
+    grad_theta: (M, 3) SDF gradients at the eikonal samples (the traced points and uniform samples).
+    mesh_pull_points: (P, 3) p' = p_mesh - grad f(p_mesh) f(p_mesh).
+    mesh_pull_targets: (P, 3) the differentiable traced surface points of the same rays.
+    sdf_normals: (P, 3) SDF gradient at those surface points (not normalised; the loss uses cosine).
+    mesh_normals_sel: (P, 3) coarse-mesh normals of the same rays.
+    n_sdf_evals: points the ray tracer evaluated (no grad).
+    n_sdf_grad_evals: points evaluated with gradients in the training pass.
+    """
+
+    rgb: torch.Tensor
+    diffuse: torch.Tensor
+    specular: torch.Tensor
+    albedo: torch.Tensor
+    normals: torch.Tensor
+    points: torch.Tensor
+    dists: torch.Tensor
+    network_object_mask: torch.Tensor
+    object_mask: torch.Tensor
+    surface_mask: torch.Tensor
+    sdf_output: torch.Tensor
+    grad_theta: torch.Tensor
+    mesh_pull_points: torch.Tensor
+    mesh_pull_targets: torch.Tensor
+    sdf_normals: torch.Tensor
+    mesh_normals_sel: torch.Tensor
+    n_sdf_evals: int
+    n_sdf_grad_evals: int
+
+
+@dataclass
+class RenderOutput:
+    """Evaluation render of N rays (detached). rgb (N, 3) in [-1, 1]; diffuse, specular, albedo (N, 3)
+    in [0, 1]; normals (N, 3) unit; zeros where ``hit`` is False. points (N, 3), dists (N,) of hits."""
+
+    rgb: torch.Tensor
+    diffuse: torch.Tensor
+    specular: torch.Tensor
+    albedo: torch.Tensor
+    normals: torch.Tensor
+    points: torch.Tensor
+    dists: torch.Tensor
+    hit: torch.Tensor
+    n_sdf_evals: int
+
+
+@dataclass
+class _Shading:
+    rgb: torch.Tensor
+    diffuse: torch.Tensor
+    specular: torch.Tensor
+    albedo: torch.Tensor
+    normals: torch.Tensor
+
+
+def _to_unit_interval(raw: torch.Tensor) -> torch.Tensor:
+    return (torch.tanh(raw) + 1.0) / 2.0
+
+
+def _scatter(n: int, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """(n, C) zeros with ``values`` (K, C) at rows ``index`` (K,); differentiable w.r.t. values."""
+    out = values.new_zeros((n,) + tuple(values.shape[1:]))
+    return out.index_copy(0, index, values)
+
+
+class PBIDRModel(nn.Module):
+    """Built from the ``model`` conf block (see ``conf_defaults.DEFAULT_MODEL_CONF``); missing keys
+    take the defaults."""
+
+    def __init__(self, conf: Any = None):
+        super().__init__()
+        conf = model_conf(conf)
+        self.conf = conf
+        feature_dim = conf.get_int("feature_vector_size")
+
+        sc = conf.get_config("sdf_network")
+        self.sdf_network = SDFNetwork(
+            d_in=sc.get_int("d_in"),
+            feature_dim=feature_dim,
+            dims=sc.get_list("dims"),
+            skip_in=sc.get_list("skip_in"),
+            multires=sc.get_int("multires"),
+            geometric_init=sc.get_bool("geometric_init"),
+            bias=sc.get_float("bias"),
+            weight_norm=sc.get_bool("weight_norm"),
+            beta=sc.get_float("beta"),
+        )
+        dc = conf.get_config("diffuse_network")
+        self.diffuse_network = DiffuseShadingNetwork(
+            dims=dc.get_list("dims"), d_out=dc.get_int("d_out"),
+            weight_norm=dc.get_bool("weight_norm"), multires=dc.get_int("multires"),
+        )
+        spc = conf.get_config("specular_network")
+        self.specular_network = SpecularShadingNetwork(
+            dims=spc.get_list("dims"), d_out=spc.get_int("d_out"), weight_norm=spc.get_bool("weight_norm"),
+            multires_view=spc.get_int("multires_view"), multires_normal=spc.get_int("multires_normal"),
+        )
+        ac = conf.get_config("albedo_network")
+        self.albedo_network = AlbedoNetwork(
+            feature_dim=feature_dim, dims=ac.get_list("dims"),
+            weight_norm=ac.get_bool("weight_norm"), multires=ac.get_int("multires"),
+        )
+        for name, net in (("diffuse_network", self.diffuse_network), ("specular_network", self.specular_network)):
+            if net.d_out not in (1, 3):
+                raise ValueError(f"model.{name}.d_out must be 1 (grey) or 3 (rgb), got {net.d_out}")
+
+        self.ray_tracer_config = RayTracerConfig.from_conf(conf.get_config("ray_tracer"))
+        self.eikonal_uniform_ratio = conf.get_float("eikonal_uniform_ratio")
+        self.second_surface_pass = conf.get_bool("second_surface_pass")
+        self.sdf_chunk = conf.get_int("sdf_chunk")
+
+    # ------------------------------------------------------------------ tracing
+    def trace(self, origins: torch.Tensor, dirs: torch.Tensor, object_mask: Optional[torch.Tensor]) -> TraceResult:
+        """IDR tracer on the current SDF, without gradients, with the SDF net in eval mode (as IDR)."""
+        was_training = self.sdf_network.training
+        self.sdf_network.eval()
+        try:
+            # cached(): weight-normalised weights are computed once per trace, not once per SDF call.
+            with torch.no_grad(), parametrize.cached():
+                return trace_rays(
+                    self.sdf_network.sdf, origins, dirs, object_mask,
+                    config=self.ray_tracer_config, chunk=self.sdf_chunk,
+                )
+        finally:
+            self.sdf_network.train(was_training)
+
+    # ------------------------------------------------------------------ shading
+    def _shade(
+        self, points: torch.Tensor, features: torch.Tensor, sdf_grads: torch.Tensor,
+        dirs: torch.Tensor, mesh_normals: torch.Tensor,
+    ) -> _Shading:
+        """Colour of K surface points: points, dirs, mesh_normals (K, 3); features (K, F); sdf_grads (K, 3)."""
+        normals = F.normalize(sdf_grads, dim=-1)
+        diffuse = _to_unit_interval(self.diffuse_network(mesh_normals)).expand(-1, 3)
+        specular = _to_unit_interval(self.specular_network(normals, -dirs)).expand(-1, 3)
+        albedo = _to_unit_interval(self.albedo_network(points, features))
+        rgb01 = diffuse * albedo + specular
+        return _Shading(rgb=2.0 * rgb01 - 1.0, diffuse=diffuse, specular=specular, albedo=albedo, normals=normals)
+
+    @staticmethod
+    def _diffuse_input(batch: RayBatch) -> torch.Tensor:
+        """Coarse normals, zero where the ray misses the coarse mesh."""
+        return torch.where(batch.mesh_hit.unsqueeze(-1), batch.mesh_normals, torch.zeros_like(batch.mesh_normals))
+
+    # ------------------------------------------------------------------ training forward
+    def forward(self, batch: RayBatch) -> ModelOutput:
+        """Training forward (IDR + PBIDR terms). Gradients of the SDF gradient are kept (create_graph)
+        when the module is in training mode and grad is enabled."""
+        if batch.object_mask is None:
+            raise ValueError("PBIDRModel.forward needs batch.object_mask (use render_eval for rendering)")
+        n = batch.n_rays
+        device, dtype = batch.origins.device, batch.origins.dtype
+        object_mask = batch.object_mask.reshape(-1).bool()
+        mesh_hit = batch.mesh_hit.reshape(-1).bool()
+
+        trace = self.trace(batch.origins, batch.dirs, object_mask)
+        surface_mask = trace.hit & object_mask
+        pull_mask = surface_mask & mesh_hit
+
+        # One SDF pass over [traced points (N), uniform eikonal samples (U), coarse-mesh hits (P)].
+        r = self.ray_tracer_config.object_bounding_sphere
+        n_uniform = int(round(self.eikonal_uniform_ratio * n))
+        uniform = (torch.rand(n_uniform, 3, device=device, dtype=dtype) * 2.0 - 1.0) * r
+        mesh_points = batch.mesh_points[pull_mask]
+        all_points = torch.cat([trace.points, uniform, mesh_points], dim=0)
+        create_graph = self.training and torch.is_grad_enabled()
+        sdf, feature, grad = self.sdf_network.sdf_feature_gradient(all_points, create_graph=create_graph)
+
+        surf_idx = surface_mask.nonzero().squeeze(-1)
+        surf_dirs = batch.dirs[surf_idx]
+        surface_points = sample_network(trace.points[surf_idx], surf_dirs, sdf[surf_idx], grad[surf_idx])
+        if self.second_surface_pass and surf_idx.numel() > 0:
+            # IDR's exact variant: feature and normal also depend on theta through x(theta).
+            _, surf_feature, surf_grad = self.sdf_network.sdf_feature_gradient(surface_points, create_graph)
+        else:
+            surf_feature, surf_grad = feature[surf_idx], grad[surf_idx]
+        shading = self._shade(surface_points, surf_feature, surf_grad, surf_dirs, self._diffuse_input(batch)[surf_idx])
+
+        mesh_sdf = sdf[n + n_uniform :]
+        mesh_grad = grad[n + n_uniform :]
+        pulled = mesh_points - mesh_grad * mesh_sdf.unsqueeze(-1)
+        pull_in_surface = pull_mask[surf_idx]
+
+        return ModelOutput(
+            rgb=_scatter(n, surf_idx, shading.rgb),
+            diffuse=_scatter(n, surf_idx, shading.diffuse),
+            specular=_scatter(n, surf_idx, shading.specular),
+            albedo=_scatter(n, surf_idx, shading.albedo),
+            normals=_scatter(n, surf_idx, shading.normals),
+            points=trace.points,
+            dists=trace.dists,
+            network_object_mask=trace.hit,
+            object_mask=object_mask,
+            surface_mask=surface_mask,
+            sdf_output=sdf[:n],
+            grad_theta=grad[: n + n_uniform],
+            mesh_pull_points=pulled,
+            mesh_pull_targets=surface_points[pull_in_surface],
+            sdf_normals=surf_grad[pull_in_surface],
+            mesh_normals_sel=batch.mesh_normals[pull_mask],
+            n_sdf_evals=trace.n_sdf_evals,
+            n_sdf_grad_evals=all_points.shape[0] + (surf_idx.numel() if self.second_surface_pass else 0),
+        )
+
+    # ------------------------------------------------------------------ evaluation render
+    @torch.no_grad()
+    def render_eval(self, batch: RayBatch, chunk: int = 4096) -> RenderOutput:
+        """Render N rays in chunks of ``chunk`` rays (memory knob): eval-mode tracing (hits only), then
+        colour decomposition at the hits. The object mask is not used."""
+        n = batch.n_rays
+        parts: list[RenderOutput] = []
+        for s in range(0, n, max(int(chunk), 1)):
+            parts.append(self._render_chunk(batch[s : s + chunk]))
+        if not parts:
+            z3 = batch.origins.new_zeros(0, 3)
+            return RenderOutput(z3, z3, z3, z3, z3, z3, batch.origins.new_zeros(0),
+                                torch.zeros(0, dtype=torch.bool, device=batch.origins.device), 0)
+        cat = {f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(RenderOutput)
+               if f.name != "n_sdf_evals"}
+        return RenderOutput(**cat, n_sdf_evals=sum(p.n_sdf_evals for p in parts))
+
+    def _render_chunk(self, batch: RayBatch) -> RenderOutput:
+        n = batch.n_rays
+        trace = self.trace(batch.origins, batch.dirs, None)
+        idx = trace.hit.nonzero().squeeze(-1)
+        points = trace.points[idx]
+        _, feature, grad = self.sdf_network.sdf_feature_gradient(points, create_graph=False)
+        shading = self._shade(points, feature.detach(), grad.detach(), batch.dirs[idx],
+                              self._diffuse_input(batch)[idx])
+        return RenderOutput(
+            rgb=_scatter(n, idx, shading.rgb),
+            diffuse=_scatter(n, idx, shading.diffuse),
+            specular=_scatter(n, idx, shading.specular),
+            albedo=_scatter(n, idx, shading.albedo),
+            normals=_scatter(n, idx, shading.normals),
+            points=trace.points,
+            dists=trace.dists,
+            hit=trace.hit,
+            n_sdf_evals=trace.n_sdf_evals + points.shape[0],
+        )
