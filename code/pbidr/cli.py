@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
+    from pbidr.evaluation.run_eval import add_eval_parser
+    from pbidr.evaluation.score import add_score_parser
+
+    add_eval_parser(sub)
+    add_score_parser(sub)
+
     p = sub.add_parser("bench", help="benchmarks (see script/benchmark.sh)")
     p.add_argument("what", choices=["render"], help="render: 17 views at 1024^2 of the built-in sample")
     p.add_argument("--repeat", type=int, default=3, help="runs; the median is reported (default 3)")

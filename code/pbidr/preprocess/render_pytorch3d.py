@@ -59,10 +59,14 @@ class PyTorch3DRenderer:
 
         dev = self.device
         size = torch.tensor([[camera.height, camera.width]], device=dev)
+        # PyTorch3D's OpenCV conversion puts pixel centres at half-integers; ours (IDR's uv grid) are at
+        # integers, so the principal point moves by half a pixel (measured: a 0.5 px shift otherwise).
+        K = camera.K.copy()
+        K[:2, 2] += 0.5
         cams = self._p3u.cameras_from_opencv_projection(
             R=torch.tensor(camera.R, dtype=torch.float32, device=dev)[None],
             tvec=torch.tensor(camera.t, dtype=torch.float32, device=dev)[None],
-            camera_matrix=torch.tensor(camera.K, dtype=torch.float32, device=dev)[None],
+            camera_matrix=torch.tensor(K, dtype=torch.float32, device=dev)[None],
             image_size=size,
         )
         settings = self._p3r.RasterizationSettings(

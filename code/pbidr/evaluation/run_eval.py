@@ -1,0 +1,607 @@
+"""``pbidr eval``: a trained run -> detailed meshes, marching cubes, UV maps, renders and metrics.
+
+Writes ``EXP_DIR/eval/`` as a whole (built in a staging folder and renamed into place, so a failed
+eval leaves an earlier one intact)::
+
+    detailed.obj (+ .mtl)             the scan's coarse mesh, every vertex moved by -sdf * normal
+    detailed_subdivided.obj (+ .mtl)  the same on one midpoint subdivision of the coarse mesh
+    texture.png                       the coarse mesh's texture, shared by both OBJs
+    displacement.npy                  (V,) signed displacement of detailed.obj's vertices (world units)
+    displacement_subdivided.npy       the same for detailed_subdivided.obj
+    sdf_mc.ply                        marching cubes of the SDF in a narrow band around the coarse mesh
+    displacement_uv.png               16-bit displacement in the coarse UV layout (decode: metrics.json)
+    normal_uv.png                     object-space normals of the detailed mesh, (n + 1) / 2, 8-bit
+    compare.png                       coarse vs detailed, clay-shaded from the frontal camera (always)
+    renders/NNN_{rgb,diffuse,specular,albedo,normal}.png   (unless --no-rendering)
+    contact_sheet.png                 per view: input, rgb, diffuse, specular, albedo, normal
+    metrics.json                      PSNR, displacement statistics, marching-cubes stats, timings
+
+Every mesh is in the world frame (the input mesh's frame and units). The network's SDF lives in the
+normalised frame; ``scale_mat`` (normalised -> world) is a uniform scale s plus a shift, so a world
+SDF is the network's times s. The geometric parts take any SDF callable and a ``scale_mat`` (see
+:func:`world_sdf`, :func:`detail_meshes`, :func:`level_set_world`), so they are tested on an exact
+sphere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from pbidr.errors import PbidrError
+
+# torch, scipy, skimage and cv2 are imported where they are used, so that `pbidr --help` (which
+# builds this subcommand's parser) stays instant.
+if TYPE_CHECKING:
+    import torch
+
+    from pbidr.evaluation.marching_cubes import LevelSet
+    from pbidr.geometry.cameras import Camera
+    from pbidr.io.mesh import TexturedMesh
+
+SdfFn = Callable[["torch.Tensor"], "torch.Tensor"]
+
+EVAL_DIR = "eval"
+TEXTURE_NAME = "texture.png"
+DEFAULT_BAND = 3.0  # world units (mm for faces): how far the detailed surface may be from the coarse mesh
+DEFAULT_CHUNK = 1 << 16
+COMPARE_PANEL = 768  # pixels: compare.png panel height
+SHEET_CELL = 384  # pixels: largest contact-sheet cell
+SHEET_MIN_CELL = 256  # pixels: smallest contact-sheet cell
+PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+
+
+# ------------------------------------------------------------------------------------------------
+# Geometry from an SDF callable (normalised frame) and scale_mat
+
+
+def _uniform_scale(scale_mat: np.ndarray) -> float:
+    scale_mat = np.asarray(scale_mat, dtype=np.float64)
+    s = float(scale_mat[0, 0])
+    if not (s > 0 and np.allclose(np.diag(scale_mat)[:3], s, rtol=1e-6)
+            and np.allclose(scale_mat[:3, :3] - np.diag(np.diag(scale_mat)[:3]), 0.0)):
+        raise PbidrError(f"scale_mat {scale_mat[:3, :3].tolist()} is not a uniform scale; world distances "
+                         "cannot be read off the normalised SDF")
+    return s
+
+
+def world_sdf(sdf: SdfFn, scale_mat: np.ndarray, device: torch.device | str = "cpu",
+              chunk: int = DEFAULT_CHUNK) -> Callable[[np.ndarray], np.ndarray]:
+    """World points (N, 3) -> signed distance (N,) in world units, from ``sdf`` ((N, 3) tensor ->
+    (N,) tensor in the normalised frame), queried ``chunk`` points at a time on ``device``."""
+    import torch
+
+    from pbidr.geometry.cameras import to_normalised
+
+    s = _uniform_scale(scale_mat)
+    device = torch.device(device)
+    chunk = max(1, int(chunk))
+
+    def f(points: np.ndarray) -> np.ndarray:
+        pts = to_normalised(np.asarray(points, dtype=np.float64).reshape(-1, 3), scale_mat)
+        out = np.empty(len(pts), dtype=np.float64)
+        with torch.no_grad():
+            for a in range(0, len(pts), chunk):
+                x = torch.as_tensor(pts[a:a + chunk], dtype=torch.float32, device=device)
+                out[a:a + chunk] = sdf(x).detach().reshape(-1).double().cpu().numpy()
+        return out * s
+
+    return f
+
+
+@dataclass
+class DetailMeshes:
+    """The coarse mesh displaced onto the SDF's zero level set (world frame).
+
+    detailed: same topology/UVs as the coarse mesh; displacement (V,) world units along its normals.
+    detailed_subdivided: the same on ``subdivide_midpoint(coarse)``; displacement_subdivided (V',)."""
+
+    detailed: TexturedMesh
+    displacement: np.ndarray
+    detailed_subdivided: TexturedMesh
+    displacement_subdivided: np.ndarray
+
+
+def detail_meshes(coarse: TexturedMesh, sdf_world: Callable[[np.ndarray], np.ndarray]) -> DetailMeshes:
+    """Displace ``coarse`` (world frame) and its midpoint subdivision by ``-sdf_world * normal``."""
+    from pbidr.evaluation.displacement import displace_along_normals, subdivide_midpoint
+
+    detailed, disp = displace_along_normals(coarse, sdf_world)
+    detailed_sub, disp_sub = displace_along_normals(subdivide_midpoint(coarse), sdf_world)
+    return DetailMeshes(detailed, disp, detailed_sub, disp_sub)
+
+
+def level_set_world(sdf: SdfFn, coarse: TexturedMesh, scale_mat: np.ndarray, resolution: int = 512,
+                    band: float = DEFAULT_BAND, device: torch.device | str = "cpu", chunk: int = DEFAULT_CHUNK,
+                    lipschitz: float | None = 1.5, progress: bool = False, guide_spacing: float = 0.5) -> LevelSet:
+    """Marching cubes of ``sdf`` (normalised frame) within ``band`` (world units) of ``coarse`` (world
+    frame), on ``resolution`` cells along the longest side of the coarse mesh's bounding box padded by
+    the band. ``guide_spacing``: spacing of the coarse-mesh samples the band is measured from, as a
+    fraction of the band. Returns the level set in the world frame; ``stats`` gains world-unit entries
+    and the process's peak memory (ru_maxrss) before and after."""
+    from pbidr.evaluation.marching_cubes import LevelSet, extract_level_set, guide_points_from_mesh
+    from pbidr.geometry.cameras import to_normalised, to_world
+
+    s = _uniform_scale(scale_mat)
+    if not band > 0:
+        raise PbidrError(f"--band {band} must be positive")
+    verts_n = to_normalised(np.asarray(coarse.vertices, dtype=np.float64), scale_mat)
+    band_n = band / s
+    # Distance to a guide point over-estimates distance to the mesh by up to half their spacing, so
+    # the band handed on is widened by that much: every point within ``band`` of the mesh is covered.
+    # Sparse guides keep the k-d tree queries cheap (they cost more than the SDF for small networks).
+    spacing = band_n * guide_spacing
+    guide = guide_points_from_mesh(verts_n, coarse.faces, spacing=spacing)
+    lo, hi = verts_n.min(axis=0) - band_n, verts_n.max(axis=0) + band_n
+    rss_before = peak_rss_mb()
+    ls = extract_level_set(sdf, resolution=resolution, bounds=(lo, hi), guide_points=guide,
+                           band=band_n + spacing / 2.0, chunk=chunk, device=device, lipschitz=lipschitz,
+                           progress=progress)
+    stats = dict(ls.stats)
+    stats.update({
+        "resolution": int(resolution), "band": float(band), "band_normalised": band_n,
+        "lipschitz": lipschitz, "n_guide_points": int(len(guide)),
+        "voxel_size_world": float(stats["voxel_size"]) * s,
+        "evals_over_dense": stats["n_sdf_evals"] / max(stats["dense_evals"], 1),
+        "n_vertices": int(len(ls.vertices)), "n_faces": int(len(ls.faces)),
+        "peak_rss_mb_before": rss_before, "peak_rss_mb_after": peak_rss_mb(),
+    })
+    return LevelSet(vertices=to_world(ls.vertices, scale_mat), faces=ls.faces, stats=stats)
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far (MB); ru_maxrss is KB on Linux, bytes on macOS."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
+
+
+def displacement_stats(d: np.ndarray) -> dict[str, Any]:
+    """Summary of a signed displacement (world units): mean, std, min, max, mean |d|, percentiles."""
+    d = np.asarray(d, dtype=np.float64)
+    return {"n": int(len(d)), "mean": float(d.mean()), "std": float(d.std()), "min": float(d.min()),
+            "max": float(d.max()), "mean_abs": float(np.abs(d).mean()),
+            "percentiles": {f"p{p}": float(v) for p, v in zip(PERCENTILES, np.percentile(d, PERCENTILES))}}
+
+
+# ------------------------------------------------------------------------------------------------
+# UV maps
+
+
+def write_uv_maps(out_dir: Path, mesh: TexturedMesh, displacement: np.ndarray,
+                  size: tuple[int, int]) -> dict[str, Any]:
+    """displacement_uv.png (16-bit) and normal_uv.png (8-bit object-space normals of ``mesh``) in
+    ``mesh``'s UV layout at ``size`` (H, W). Returns their metadata (decoding of the 16-bit map)."""
+    from pbidr.evaluation.uv_maps import rasterize_uv, write_png16
+    from pbidr.utils.images import write_png
+
+    disp_map, coverage = rasterize_uv(mesh, displacement, size)
+    lo, hi = float(np.min(displacement)), float(np.max(displacement))
+    enc = write_png16(out_dir / "displacement_uv.png", disp_map[..., 0], lo, hi)
+    normal_map, _ = rasterize_uv(mesh, mesh.vertex_normals(), size)
+    norm = np.linalg.norm(normal_map, axis=2, keepdims=True)
+    filled = norm[..., 0] > 1e-6  # covered or dilated texels; the rest stay black
+    unit = np.where(filled[..., None], normal_map / np.maximum(norm, 1e-12), 0.0)
+    rgb = np.where(filled[..., None], np.round((unit + 1.0) / 2.0 * 255.0), 0.0).astype(np.uint8)
+    write_png(out_dir / "normal_uv.png", rgb)
+    return {"displacement_uv": {**enc, "units": "world (mesh units)",
+                                "decode": "value = offset + png * scale", "size": [int(size[0]), int(size[1])],
+                                "coverage": float(coverage.mean()), "source": "detailed_subdivided"},
+            "normal_uv": {"encoding": "rgb = (n + 1) / 2 * 255, object-space (world) normals; black = no UV",
+                          "source": "detailed_subdivided"}}
+
+
+# ------------------------------------------------------------------------------------------------
+# Pictures
+
+
+def framing_camera(camera: Camera, points: np.ndarray, height: int = COMPARE_PANEL, pad: float = 0.04) -> Camera:
+    """``camera`` zoomed and cropped so that ``points`` (N, 3, its frame) fill an image ``height``
+    pixels tall (plus ``pad`` of the extent on each side); the width follows the points' aspect."""
+    from pbidr.geometry.cameras import Camera
+
+    pix, depth = camera.project(np.asarray(points, dtype=np.float64))
+    pix = pix[depth > 0]
+    if len(pix) == 0:
+        return camera
+    x0, y0 = pix.min(axis=0)
+    x1, y1 = pix.max(axis=0)
+    w, h = max(x1 - x0, 1.0), max(y1 - y0, 1.0)
+    x0, x1, y0, y1 = x0 - pad * w, x1 + pad * w, y0 - pad * h, y1 + pad * h
+    scale = height / (y1 - y0)
+    width = max(8, int(round((x1 - x0) * scale)))
+    K = camera.K.copy()
+    K[0, 0] *= scale
+    K[1, 1] *= scale
+    # Continuous image coordinates: the crop's left edge x0 becomes the new image's edge at -0.5.
+    K[0, 2] = (K[0, 2] - x0) * scale - 0.5
+    K[1, 2] = (K[1, 2] - y0) * scale - 0.5
+    return Camera(K=K, R=camera.R, t=camera.t, width=width, height=int(height))
+
+
+def compare_image(coarse_n: TexturedMesh, detailed_n: TexturedMesh, camera: Camera,
+                  height: int = COMPARE_PANEL) -> np.ndarray:
+    """Clay renders of the coarse and the detailed mesh (normalised frame) side by side, each under a
+    title bar (uint8 RGB)."""
+    from pbidr.evaluation.shaded import render_shaded, side_by_side
+
+    cam = framing_camera(camera, coarse_n.vertices, height)
+    panels = [_title_bar(render_shaded(coarse_n.vertices, coarse_n.faces, cam), "coarse (input mesh)"),
+              _title_bar(render_shaded(detailed_n.vertices, detailed_n.faces, cam), "detailed (SDF displacement)")]
+    return side_by_side(panels)
+
+
+def _title_bar(image: np.ndarray, text: str) -> np.ndarray:
+    """``image`` with a dark bar above it holding ``text`` (a label drawn over a white render is unreadable)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    bar_h = max(24, h // 20)
+    scale = bar_h / 40.0
+    bar = np.full((bar_h, w, 3), 48, np.uint8)
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 2)
+    org = (max(4, (w - tw) // 2), (bar_h + th) // 2)
+    cv2.putText(bar, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), max(1, round(2 * scale)), cv2.LINE_AA)
+    return np.concatenate([bar, image], axis=0)
+
+
+def frontal_view(scan_dir: Path, n_views: int) -> int:
+    """0-based index of the scan's frontal view: yaw = pitch = 0 in meta.json's rig, else the middle."""
+    try:
+        angles = json.loads((scan_dir / "meta.json").read_text())["rig"]["angles_yaw_pitch_deg"]
+        if len(angles) == n_views:
+            return int(np.argmin([a[0] ** 2 + a[1] ** 2 for a in angles]))
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        pass  # a scan without a rig description (e.g. real captures): fall back below
+    return n_views // 2
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading a run
+
+
+@dataclass
+class LoadedRun:
+    exp_dir: Path
+    checkpoint: Path
+    step: int
+    model: "torch.nn.Module"
+    conf: Any
+    scan_dir: Path
+
+
+def available_steps(exp_dir: Path) -> list[int]:
+    from pbidr.training.trainer import CHECKPOINT_DIR
+
+    steps = []
+    for p in (Path(exp_dir) / CHECKPOINT_DIR).glob("step_*.pt"):
+        try:
+            steps.append(int(p.stem.split("_", 1)[1]))
+        except ValueError:
+            continue
+    return sorted(steps)
+
+
+def resolve_checkpoint(exp_dir: Path, which: str | int = "latest") -> Path:
+    """The checkpoint file for ``which`` (``latest`` or a step); one-line errors naming what exists."""
+    from pbidr.training.trainer import CHECKPOINT_DIR, checkpoint_path
+
+    exp_dir = Path(exp_dir)
+    if not exp_dir.is_dir():
+        raise PbidrError(f"{exp_dir}: run directory not found")
+    which = str(which).strip().lower() if which is not None else "latest"
+    if which != "latest":
+        try:
+            step = int(which)
+        except ValueError:
+            raise PbidrError(f"--checkpoint {which}: expected 'latest' or a step number") from None
+        path = checkpoint_path(exp_dir, step)
+        if not path.is_file():
+            steps = available_steps(exp_dir)
+            have = ", ".join(str(s) for s in steps) if steps else "none"
+            raise PbidrError(f"{path}: checkpoint of step {step} not found (available steps: {have}; or 'latest')")
+        return path
+    path = checkpoint_path(exp_dir)
+    if not path.is_file():
+        steps = available_steps(exp_dir)
+        if steps:
+            raise PbidrError(f"{path}: not found; numbered checkpoints exist (steps "
+                             f"{', '.join(map(str, steps))}): pass --checkpoint STEP")
+        where = exp_dir / CHECKPOINT_DIR
+        raise PbidrError(f"{where}: no checkpoint in the run (train it first: pbidr train --exp-dir {exp_dir})")
+    return path
+
+
+def load_run(exp_dir: str | Path, checkpoint: str | int = "latest", scan_dir: str | Path | None = None) -> LoadedRun:
+    """The model of one checkpoint (on the CPU) with its conf, and the run's scan directory."""
+    from pbidr.training.trainer import load_checkpoint, model_from_checkpoint
+
+    exp_dir = Path(exp_dir)
+    path = resolve_checkpoint(exp_dir, checkpoint)
+    if scan_dir is None:
+        info_path = exp_dir / "run.json"
+        try:
+            info = json.loads(info_path.read_text())
+            scan_dir = info["scan_dir"]
+        except FileNotFoundError:
+            raise PbidrError(f"{info_path}: missing, so the run's scan directory is unknown (pass --data)") from None
+        except (ValueError, KeyError, TypeError):
+            raise PbidrError(f"{info_path}: unreadable or has no 'scan_dir' (pass --data)") from None
+        scan_dir = Path(scan_dir)
+        if not scan_dir.is_dir():
+            raise PbidrError(f"{scan_dir}: the run's scan directory (from {info_path}) is missing "
+                             "(re-run preprocess, or pass --data)")
+    scan_dir = Path(scan_dir)
+    if not scan_dir.is_dir():
+        raise PbidrError(f"{scan_dir}: scan directory not found")
+    ckpt = load_checkpoint(path)
+    model, conf = model_from_checkpoint(ckpt, path)
+    return LoadedRun(exp_dir=exp_dir, checkpoint=path, step=int(ckpt["step"]), model=model, conf=conf,
+                     scan_dir=scan_dir)
+
+
+def parse_views(views: str | list[int] | None, n_views: int) -> list[int]:
+    """``all`` or ``"1,3,5"`` (1-based, as the image names) -> sorted 0-based indices."""
+    if views is None or (isinstance(views, str) and views.strip().lower() in ("", "all")):
+        return list(range(n_views))
+    if isinstance(views, str):
+        try:
+            picked = [int(v) for v in views.replace(" ", "").split(",") if v]
+        except ValueError:
+            raise PbidrError(f"--views {views}: expected 'all' or 1-based numbers like 1,3,5") from None
+    else:
+        picked = [int(v) for v in views]
+    bad = [v for v in picked if not 1 <= v <= n_views]
+    if bad or not picked:
+        raise PbidrError(f"--views {views}: the scan has views 1..{n_views}")
+    return sorted({v - 1 for v in picked})
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole eval
+
+
+def evaluate(
+    exp_dir: str | Path,
+    checkpoint: str | int = "latest",
+    mc_resolution: int = 512,
+    views: str | list[int] | None = "all",
+    device: torch.device | str = "auto",
+    chunk: int = DEFAULT_CHUNK,
+    eval_rendering: bool = True,
+    progress: bool = True,
+    band: float | None = None,
+    render_chunk: int | None = None,
+    scan_dir: str | Path | None = None,
+    lipschitz: float | None = 1.5,
+) -> dict:
+    """Evaluate one checkpoint of the run in ``exp_dir`` into ``exp_dir/eval`` (replaced as a whole).
+
+    ``chunk``: points per SDF query (displacement, marching cubes); ``render_chunk``: rays per render
+    chunk (default the conf's train.render_chunk). ``band``: marching-cubes band around the coarse
+    mesh in world units (default 3, at most 2.5% of the normalising radius). ``views``: ``all`` or
+    1-based view numbers. ``scan_dir`` overrides the run's. Returns the metrics written to
+    metrics.json.
+    """
+    import torch
+    from torch.nn.utils import parametrize
+
+    from pbidr.datasets.scan import load_scan
+    from pbidr.evaluation.metrics import json_safe
+    from pbidr.geometry.cameras import to_normalised
+    from pbidr.io.obj import write_obj, write_ply
+    from pbidr.training.conf import conf_to_text
+    from pbidr.utils.atomic import save_npy, staging_dir, write_json
+    from pbidr.utils.device import pick_device
+    from pbidr.utils.images import write_png
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    device = pick_device(device) if isinstance(device, str) else torch.device(device)
+    if int(mc_resolution) != mc_resolution or mc_resolution < 8:
+        raise PbidrError(f"--mc-resolution {mc_resolution}: must be an integer of at least 8")
+    if chunk < 1:
+        raise PbidrError(f"--chunk {chunk}: must be positive")
+
+    t0 = time.perf_counter()
+    run = load_run(exp_dir, checkpoint, scan_dir)
+    exp_dir = run.exp_dir
+    model = run.model.to(device).eval()
+    conf = run.conf
+    img_res = conf.get_list("dataset.img_res")
+    n_images = len(list((run.scan_dir / "image").glob("*.png")))
+    if n_images == 0:
+        raise PbidrError(f"{run.scan_dir / 'image'}: no images (*.png)")
+    eval_views = parse_views(views, n_images) if eval_rendering else []
+    front = frontal_view(run.scan_dir, n_images)
+    load_idx = sorted(set(eval_views) | {front})
+    data = load_scan(run.scan_dir, tuple(img_res) if img_res else None, load_idx)
+    cam_of = {v: data.cameras[k] for k, v in enumerate(load_idx)}
+    scale_mat, coarse = data.scale_mat, data.mesh
+    s = _uniform_scale(scale_mat)
+    if band is None:
+        band = min(DEFAULT_BAND, 0.025 * s)
+    train_views = conf.get_list("dataset.views") or list(range(n_images))
+    timings["load_s"] = time.perf_counter() - t0
+
+    sdf = model.sdf_network.sdf
+    metrics: dict[str, Any] = {
+        "exp_dir": str(exp_dir.resolve()), "checkpoint": str(run.checkpoint), "step": run.step,
+        "scan_dir": str(run.scan_dir.resolve()), "device": str(device), "units": "world (the input mesh's units)",
+        "scale": s, "coarse_mesh": {"vertices": int(len(coarse.vertices)), "faces": int(len(coarse.faces)),
+                                    "uvs": int(len(coarse.uv)) if coarse.uv is not None else 0},
+    }
+    notes: list[str] = []
+
+    with staging_dir(exp_dir / EVAL_DIR) as out, torch.no_grad(), parametrize.cached():
+        # 1. Displaced meshes.
+        t0 = time.perf_counter()
+        detail = detail_meshes(coarse, world_sdf(sdf, scale_mat, device, chunk))
+        write_obj(out / "detailed.obj", detail.detailed, texture_name=TEXTURE_NAME)
+        write_obj(out / "detailed_subdivided.obj", detail.detailed_subdivided, texture_name=TEXTURE_NAME,
+                  write_texture=False)
+        save_npy(out / "displacement.npy", detail.displacement.astype(np.float32))
+        save_npy(out / "displacement_subdivided.npy", detail.displacement_subdivided.astype(np.float32))
+        outside = float(np.mean(np.abs(detail.displacement) > band))
+        metrics["displacement"] = {"detailed": displacement_stats(detail.displacement),
+                                   "detailed_subdivided": displacement_stats(detail.displacement_subdivided),
+                                   "fraction_outside_band": outside}
+        if outside > 0.01:
+            notes.append(f"{outside:.1%} of the coarse vertices are farther than the band ({band:g}) from the "
+                         "SDF surface: sdf_mc.ply has holes there (raise --band, or train longer)")
+        timings["displacement_s"] = time.perf_counter() - t0
+
+        # 2. Marching cubes in the band.
+        t0 = time.perf_counter()
+        try:
+            ls = level_set_world(sdf, coarse, scale_mat, mc_resolution, band, device, chunk, lipschitz, progress)
+            write_ply(out / "sdf_mc.ply", ls.vertices, ls.faces)
+            metrics["marching_cubes"] = ls.stats
+        except PbidrError as err:  # no surface in the band: the other outputs still stand
+            metrics["marching_cubes"] = {"error": str(err), "resolution": int(mc_resolution), "band": band}
+            notes.append(f"sdf_mc.ply not written: {err}")
+        timings["marching_cubes_s"] = time.perf_counter() - t0
+
+        # 3. UV maps in the coarse layout.
+        t0 = time.perf_counter()
+        if coarse.uv is not None and coarse.face_uv is not None:
+            size = tuple(coarse.texture.shape[:2]) if coarse.texture is not None else (1024, 1024)
+            metrics["uv_maps"] = write_uv_maps(out, detail.detailed_subdivided, detail.displacement_subdivided, size)
+        else:
+            metrics["uv_maps"] = {"skipped": "the coarse mesh has no texture coordinates"}
+            notes.append("displacement_uv.png / normal_uv.png skipped: the coarse mesh has no UVs")
+        timings["uv_maps_s"] = time.perf_counter() - t0
+
+        # 4. Coarse vs detailed, frontal camera (no network: always written).
+        t0 = time.perf_counter()
+        coarse_n = coarse.with_vertices(to_normalised(coarse.vertices, scale_mat))
+        detailed_n = detail.detailed_subdivided.with_vertices(
+            to_normalised(detail.detailed_subdivided.vertices, scale_mat))
+        write_png(out / "compare.png", compare_image(coarse_n, detailed_n, cam_of[front]))
+        metrics["compare"] = {"view": front + 1, "panel_height": COMPARE_PANEL}
+        timings["compare_s"] = time.perf_counter() - t0
+
+        # 5. Renders, decomposition and PSNR.
+        if eval_rendering:
+            t0 = time.perf_counter()
+            metrics["rendering"] = _render_views(model, data, load_idx, eval_views, train_views, device,
+                                                 render_chunk or conf.get_int("train.render_chunk"), out, progress)
+            timings["rendering_s"] = time.perf_counter() - t0
+        else:
+            metrics["rendering"] = {"skipped": "--no-rendering"}
+
+        timings["total_s"] = time.perf_counter() - t_start
+        metrics.update({"band": band, "timings": timings, "peak_rss_mb": peak_rss_mb(), "notes": notes,
+                        "conf": conf_to_text(conf)})
+        if device.type == "cuda":
+            metrics["cuda_max_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        write_json(out / "metrics.json", json_safe(metrics))
+    return metrics
+
+
+def _render_views(model, data, load_idx, eval_views, train_views, device, render_chunk, out, progress) -> dict:
+    from tqdm import tqdm
+
+    from pbidr.datasets.scan import CoarseMesh
+    from pbidr.evaluation.metrics import masked_psnr
+    from pbidr.evaluation.render import render_camera
+    from pbidr.utils.images import contact_sheet, write_png
+
+    coarse = CoarseMesh(data.mesh, data.scale_mat)
+    rows, labels, per_view = [], [], []
+    bar = tqdm(eval_views, desc="eval: render", unit="view", disable=not progress, dynamic_ncols=True)
+    for v in bar:
+        k = load_idx.index(v)
+        view = render_camera(model, coarse, data.cameras[k], device, render_chunk)
+        gt, mask = data.images[k], data.masks[k]
+        name = f"{v + 1:03d}"
+        for part, img in view.images().items():
+            write_png(out / "renders" / f"{name}_{part}.png", (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8))
+        psnr = masked_psnr(view.rgb, gt, mask) if mask.any() else math.nan
+        union = np.logical_or(view.hit, mask).sum()
+        iou = float(np.logical_and(view.hit, mask).sum() / union) if union else math.nan
+        per_view.append({"view": v + 1, "psnr": psnr, "silhouette_iou": iou, "train_view": v in train_views,
+                         "n_sdf_evals": view.n_sdf_evals})
+        bar.set_postfix_str(f"view {name} PSNR {psnr:.2f} dB")
+        rows.append([gt, *view.images().values()])
+        labels.append([f"{name} input", f"rgb {psnr:.2f} dB", "diffuse", "specular", "albedo", "normal"])
+    bar.close()
+    cell = int(np.clip(data.hw[0], SHEET_MIN_CELL, SHEET_CELL))  # tiny renders are enlarged so labels read
+    write_png(out / "contact_sheet.png", contact_sheet(rows, labels, cell=cell))
+    finite = [p["psnr"] for p in per_view if math.isfinite(p["psnr"])]
+    return {"image_size": list(data.hw), "views": per_view,
+            "psnr_mean": float(np.mean(finite)) if finite else math.nan,
+            "psnr_mean_train_views": _mean([p["psnr"] for p in per_view if p["train_view"]]),
+            "psnr_mean_held_out_views": _mean([p["psnr"] for p in per_view if not p["train_view"]])}
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if math.isfinite(v)]
+    return float(np.mean(values)) if values else None
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "eval", help="detailed meshes, marching cubes, UV maps, renders and metrics of a trained run",
+        description="Evaluate a run of `pbidr train` into EXP_DIR/eval/ (replaced as a whole). Meshes are in "
+                    "the input mesh's frame and units. Open eval/compare.png first.")
+    p.add_argument("--exp-dir", required=True, metavar="DIR", help="run directory of `pbidr train`")
+    p.add_argument("--checkpoint", default="latest", metavar="latest|STEP", help="latest (default) or a step number")
+    p.add_argument("--mc-resolution", type=int, default=512, metavar="N",
+                   help="marching-cubes cells along the longest side of the face's box (default 512; any integer)")
+    p.add_argument("--views", default="all", metavar="all|I,J,K",
+                   help="views to render: all (default) or 1-based numbers like 1,9,17")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, metavar="N",
+                   help=f"points per SDF query in marching cubes and displacement (memory knob, "
+                        f"default {DEFAULT_CHUNK})")
+    p.add_argument("--render-chunk", type=int, default=None, metavar="N",
+                   help="rays per render chunk (default: the conf's train.render_chunk)")
+    p.add_argument("--no-rendering", action="store_true", help="skip the network renders, contact sheet and PSNR")
+    p.add_argument("--band", type=float, default=None, metavar="MM",
+                   help=f"marching-cubes band around the coarse mesh in world units (default {DEFAULT_BAND:g} mm, "
+                        "at most 2.5%% of the face's radius)")
+    p.add_argument("--lipschitz", type=float, default=1.5, metavar="L",
+                   help="marching cubes skips blocks where |sdf| > L x half their diagonal (default 1.5; 0: off, "
+                        "for an SDF far from eikonal)")
+    p.add_argument("--data", default=None, metavar="SCAN_DIR",
+                   help="scan directory (default: the run's, from run.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_eval)
+    return p
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    m = evaluate(args.exp_dir, checkpoint=args.checkpoint, mc_resolution=args.mc_resolution, views=args.views,
+                 device=args.device, chunk=args.chunk, eval_rendering=not args.no_rendering, progress=not args.quiet,
+                 band=args.band, render_chunk=args.render_chunk, scan_dir=args.data,
+                 lipschitz=args.lipschitz if args.lipschitz > 0 else None)
+    out = Path(args.exp_dir) / EVAL_DIR
+    d = m["displacement"]["detailed_subdivided"]
+    lines = [f"eval of step {m['step']} written to {out} in {m['timings']['total_s']:.1f} s",
+             f"  displacement: mean {d['mean']:+.3f}, std {d['std']:.3f}, range {d['min']:+.3f} .. {d['max']:+.3f} "
+             f"(world units)"]
+    mc = m["marching_cubes"]
+    if "error" not in mc:
+        lines.append(f"  marching cubes {mc['resolution']}: {mc['n_faces']} faces, {mc['n_sdf_evals']:,} SDF evals "
+                     f"({mc['evals_over_dense']:.2%} of dense) in {mc['seconds']:.1f} s")
+    r = m["rendering"]
+    if "psnr_mean" in r:
+        lines.append(f"  masked PSNR: mean {r['psnr_mean']:.2f} dB over {len(r['views'])} views")
+    for note in m["notes"]:
+        lines.append(f"  note: {note}")
+    lines.append(f"  open {out / 'compare.png'} first")
+    print("\n".join(lines))
+    return 0

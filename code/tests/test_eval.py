@@ -1,0 +1,230 @@
+"""``pbidr eval``: every output of a tiny trained run, exact displacement/marching cubes on a sphere SDF,
+atomic replacement of an earlier eval, and one-line errors for bad inputs."""
+
+import argparse
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from pbidr.errors import PbidrError
+from pbidr.evaluation.run_eval import (
+    add_eval_parser, detail_meshes, evaluate, framing_camera, level_set_world, parse_views, world_sdf,
+)
+from pbidr.geometry.cameras import Rig, scale_matrix, to_normalised
+from pbidr.io.load import load_mesh
+from pbidr.io.mesh import TexturedMesh
+from pbidr.preprocess.pipeline import preprocess
+from pbidr.preprocess.sample import make_sample
+from pbidr.training.conf import conf_to_text, parse_conf
+
+TINY = """
+train { batch_size = 128, iters = 20, plot_freq = 0, plot_res = 32, checkpoint_freq = 10, learning_rate = 5.0e-4 }
+model {
+  feature_vector_size = 8
+  sdf_network { dims = [32, 32], skip_in = [], multires = 2 }
+  diffuse_network { dims = [8], multires = 0 }
+  specular_network { dims = [8], multires_view = 0, multires_normal = 0 }
+  albedo_network { dims = [16], multires = 0 }
+  ray_tracer { n_steps = 16, n_secant_steps = 4 }
+}
+"""
+# A wide band: 20 iterations leave the SDF surface far from the coarse mesh in places.
+FAST = ["--mc-resolution", "48", "--band", "30", "--device", "cpu", "--quiet"]
+EXPECTED = ["detailed.obj", "detailed.mtl", "detailed_subdivided.obj", "detailed_subdivided.mtl", "texture.png",
+            "displacement.npy", "displacement_subdivided.npy", "sdf_mc.ply", "displacement_uv.png", "normal_uv.png",
+            "compare.png", "contact_sheet.png", "metrics.json"]
+
+
+def run_cli(*argv: str) -> int:
+    """``pbidr eval ...`` through pbidr.cli.main once it registers eval; through the same parser otherwise."""
+    from pbidr import cli
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if "eval" in sub.choices:
+        return cli.main(["eval", *argv])
+    parser = argparse.ArgumentParser(prog="pbidr")
+    add_eval_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["eval", *argv])
+    try:
+        return int(args.func(args) or 0)
+    except PbidrError as err:
+        print(f"pbidr eval: error: {err}")
+        return 2
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from pbidr.cli import main
+
+    root = tmp_path_factory.mktemp("evalrun")
+    make_sample(root / "raw", grid=(60, 80), texture_size=128)
+    preprocess(root / "raw", root / "scan", Rig(yaw=3, yaw_angle=30, res=64), progress=False)
+    (root / "tiny.conf").write_text(TINY)
+    assert main(["train", "--data", str(root / "scan"), "--exp-dir", str(root / "run"), "--conf",
+                 str(root / "tiny.conf"), "--device", "cpu", "--quiet"]) == 0
+    return root
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    """A private copy of the tiny run (tests that break it must not break the others)."""
+    shutil.copytree(tiny_run / "run", tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_eval_writes_every_output(tiny_run, run_copy, capsys):
+    assert run_cli("--exp-dir", str(run_copy), "--views", "1,3", *FAST) == 0
+    assert "compare.png" in capsys.readouterr().out
+    out = run_copy / "eval"
+    for name in EXPECTED + ["renders/001_rgb.png", "renders/003_normal.png", "renders/003_albedo.png"]:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert not (out / "renders" / "002_rgb.png").exists()
+    assert not list(run_copy.glob(".eval*")), "staging folder left behind"
+    for mtl in ("detailed.mtl", "detailed_subdivided.mtl"):
+        assert "map_Kd texture.png" in (out / mtl).read_text()
+
+    coarse = load_mesh(tiny_run / "scan" / "mesh.obj")
+    detailed = load_mesh(out / "detailed.obj")
+    assert len(detailed.faces) == len(coarse.faces) and len(detailed.uv) == len(coarse.uv)
+    assert np.array_equal(detailed.faces, coarse.faces) and np.array_equal(detailed.face_uv, coarse.face_uv)
+    disp = np.load(out / "displacement.npy")
+    assert disp.shape == (len(coarse.vertices),)
+    moved = np.linalg.norm(detailed.vertices - coarse.vertices, axis=1)
+    assert np.allclose(moved, np.abs(disp), atol=1e-3)
+    reach = np.abs(disp).max() + 1e-3
+    assert np.all(np.abs(detailed.vertices.min(0) - coarse.vertices.min(0)) <= reach)
+    assert np.all(np.abs(detailed.vertices.max(0) - coarse.vertices.max(0)) <= reach)
+    sub = load_mesh(out / "detailed_subdivided.obj")
+    assert len(sub.faces) == 4 * len(coarse.faces)
+    assert np.load(out / "displacement_subdivided.npy").shape == (len(sub.vertices),)
+
+    m = json.loads((out / "metrics.json").read_text())
+    views = m["rendering"]["views"]
+    assert [v["view"] for v in views] == [1, 3] and all(isinstance(v["psnr"], float) for v in views)
+    assert m["rendering"]["psnr_mean"] == pytest.approx(np.mean([v["psnr"] for v in views]))
+    assert m["step"] == 20 and "sdf_network" in m["conf"] and m["scan_dir"].endswith("scan")
+    d = m["displacement"]["detailed"]
+    assert d["min"] == pytest.approx(float(disp.min()), abs=1e-4) and "p50" in d["percentiles"]
+    mc = m["marching_cubes"]
+    assert mc["n_sdf_evals"] < mc["dense_evals"] and mc["n_faces"] > 0 and mc["peak_rss_mb_after"] > 0
+    uv = m["uv_maps"]["displacement_uv"]
+    assert uv["size"] == [128, 128] and uv["hi"] >= uv["lo"]
+    for part in ("displacement_s", "marching_cubes_s", "rendering_s", "total_s"):
+        assert m["timings"][part] >= 0
+
+
+def test_failed_eval_keeps_the_earlier_one(run_copy):
+    assert run_cli("--exp-dir", str(run_copy), "--no-rendering", *FAST) == 0
+    before = (run_copy / "eval" / "metrics.json").read_text()
+    assert not (run_copy / "eval" / "contact_sheet.png").exists()
+    assert (run_copy / "eval" / "compare.png").is_file()  # no network needed: written without rendering too
+    (run_copy / "checkpoints" / "latest.pt").unlink()
+    assert run_cli("--exp-dir", str(run_copy), *FAST) != 0
+    assert (run_copy / "eval" / "metrics.json").read_text() == before
+    assert not list(run_copy.glob(".eval*"))
+
+
+def _error(run, **kwargs) -> str:
+    with pytest.raises(PbidrError) as info:
+        evaluate(run, mc_resolution=16, device="cpu", eval_rendering=False, progress=False, **kwargs)
+    msg = str(info.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_bad_inputs(run_copy, tmp_path, capsys):
+    assert "run directory not found" in _error(tmp_path / "nope")
+    assert run_cli("--exp-dir", str(tmp_path / "nope"), *FAST) == 2
+    captured = capsys.readouterr()
+    assert "run directory not found" in captured.out + captured.err
+
+    msg = _error(run_copy, checkpoint=7)
+    assert "step_0000007.pt" in msg and "available steps: 10, 20" in msg
+    assert "'latest' or a step" in _error(run_copy, checkpoint="best")
+
+    with pytest.raises(PbidrError, match="--views"):
+        evaluate(run_copy, mc_resolution=16, views="0,9", device="cpu", progress=False)
+
+    ckpt_path = run_copy / "checkpoints" / "step_0000010.pt"
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    other = parse_conf(ckpt["conf"])  # the same run, but a conf with another SDF network
+    other.put("model.sdf_network.dims", [48])
+    ckpt["conf"] = conf_to_text(other)
+    torch.save(ckpt, ckpt_path)
+    assert "does not match its conf" in _error(run_copy, checkpoint=10)
+
+    info = json.loads((run_copy / "run.json").read_text())
+    info["scan_dir"] = str(tmp_path / "moved")
+    (run_copy / "run.json").write_text(json.dumps(info))
+    msg = _error(run_copy)
+    assert "moved" in msg and "scan directory" in msg
+
+    for p in (run_copy / "checkpoints").glob("*.pt"):
+        p.unlink()
+    assert "no checkpoint" in _error(run_copy)
+
+
+def test_parse_views():
+    assert parse_views("all", 5) == [0, 1, 2, 3, 4]
+    assert parse_views("3, 1,3", 5) == [0, 2]
+    for bad in ("0", "6", "a,b", ","):
+        with pytest.raises(PbidrError):
+            parse_views(bad, 5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Exact answers on a sphere: world units through scale_mat
+
+
+def sphere_mesh(radius: float, center: np.ndarray) -> TexturedMesh:
+    ico = trimesh.creation.icosphere(subdivisions=4, radius=radius)
+    return TexturedMesh(vertices=ico.vertices + center, faces=ico.faces.astype(np.int64))
+
+
+def test_sphere_sdf_moves_every_vertex_by_d_world_units():
+    r, d, center = 50.0, 1.5, np.array([10.0, -20.0, 65.0])  # mm
+    coarse = sphere_mesh(r, center)
+    scale_mat = scale_matrix(center, r)  # normalised unit sphere = the sphere x 1.1
+    s = scale_mat[0, 0]
+    calls = []
+
+    def sdf(x: torch.Tensor) -> torch.Tensor:  # normalised frame: a sphere of world radius r + d
+        calls.append(len(x))
+        return x.norm(dim=1) - (r + d) / s
+
+    f = world_sdf(sdf, scale_mat, chunk=1000)
+    assert np.allclose(f(center[None] + [[r + d, 0, 0]]), 0.0, atol=1e-4)
+    detail = detail_meshes(coarse, f)
+    assert max(calls) <= 1000
+    assert np.allclose(detail.displacement, d, atol=1e-4)
+    assert np.allclose(detail.displacement_subdivided[: len(coarse.vertices)], d, atol=1e-4)
+    radii = np.linalg.norm(detail.detailed.vertices - center, axis=1)
+    assert np.allclose(radii, r + d, atol=1e-3)
+    assert np.array_equal(detail.detailed.faces, coarse.faces)
+    # Midpoints sit inside the sphere (on chords); they move by d plus their sagitta.
+    extra = detail.displacement_subdivided[len(coarse.vertices):]
+    assert np.all(extra >= d - 1e-4) and np.all(extra < d + 0.5)
+
+    ls = level_set_world(sdf, coarse, scale_mat, resolution=96, band=3.0)
+    voxel = ls.stats["voxel_size_world"]
+    assert voxel == pytest.approx((2 * (r + 3.0)) / s * s / 96, rel=0.05)
+    mc_radii = np.linalg.norm(ls.vertices - center, axis=1)
+    assert np.all(np.abs(mc_radii - (r + d)) < voxel)
+    assert ls.stats["n_sdf_evals"] < 0.5 * ls.stats["dense_evals"]
+    assert trimesh.Trimesh(ls.vertices, ls.faces).is_watertight
+
+
+def test_framing_camera_fills_the_panel():
+    cam = Rig(yaw=1, res=64).cameras()[0]
+    pts = to_normalised(sphere_mesh(50.0, np.zeros(3)).vertices, scale_matrix(np.zeros(3), 100.0))
+    framed = framing_camera(cam, pts, height=300, pad=0.05)
+    pix, _ = framed.project(pts)
+    assert framed.height == 300 and abs(framed.width - 300) <= 2  # a sphere is as wide as tall
+    assert pix.min() >= 0 and pix[:, 0].max() <= framed.width - 1 and pix[:, 1].max() <= framed.height - 1
+    # 5% padding of the extent on each side: the points span 1 / 1.1 of the panel.
+    assert (pix[:, 1].max() - pix[:, 1].min()) / 300 == pytest.approx(1 / 1.1, rel=0.02)
