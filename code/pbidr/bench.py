@@ -65,7 +65,217 @@ def bench_render(workdir: Path, views: int = 17, res: int = 1024, repeat: int = 
     }
 
 
+# ------------------------------------------------------------------------------------------------
+# Training speed and FLOPs
+
+
+def bench_train_speed(scan_dir: Path, conf_path: Path, mode: str, iters: int, warmup: int, workdir: Path,
+                      overrides: dict | None = None) -> dict:
+    """Seconds per iteration, rays/s and FLOPs of ``iters`` training iterations (after ``warmup``)."""
+    import shutil
+
+    import torch
+
+    from pbidr.flops import iteration_flops
+    from pbidr.training.trainer import Trainer
+
+    run = workdir / f"speed_{conf_path.stem}_{mode}"
+    shutil.rmtree(run, ignore_errors=True)
+    ov = {"model.ray_tracer.mode": mode, **(overrides or {})}
+    trainer = Trainer(scan_dir, run, conf_path, ov, device=torch.device("cpu"), progress=False)
+    for _ in range(warmup):
+        trainer.train_step()
+    times, flops, evals, grad_evals, surface = [], [], [], [], []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        trainer.train_step()
+        times.append(time.perf_counter() - t0)
+        c = trainer.last_counts
+        f = iteration_flops(trainer.model, c["n_sdf_evals"], c["n_sdf_grad_evals"], c["n_surface"])
+        flops.append(f.total)
+        evals.append(c["n_sdf_evals"])
+        grad_evals.append(c["n_sdf_grad_evals"])
+        surface.append(c["n_surface"])
+    shutil.rmtree(run, ignore_errors=True)
+    s_it = statistics.median(times)
+    batch = trainer.batch_size
+    flop_it = statistics.mean(flops)
+    return {"conf": conf_path.name, "mode": mode, "batch_size": batch, "iters_timed": iters,
+            "image_size": list(trainer.data.hw), "s_per_iter": s_it, "rays_per_s": batch / s_it,
+            "sdf_evals_per_ray": statistics.mean(evals) / batch, "sdf_grad_evals_per_iter": statistics.mean(grad_evals),
+            "surface_rays_per_iter": statistics.mean(surface), "gflop_per_iter": flop_it / 1e9,
+            "achieved_gflop_s": flop_it / s_it / 1e9}
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole benchmark
+
+
+FULL = {"grid": None, "texture": 1024, "views": 17, "res": 1024, "render_repeat": 3, "train_iters": None,
+        "mc_res": 512, "eval_views": "1,5,9,13,17", "speed_iters": 5, "speed_warmup": 2, "test_conf_iters": 2}
+QUICK = {"grid": (60, 80), "texture": 256, "views": 5, "res": 128, "render_repeat": 1, "train_iters": 10,
+         "mc_res": 64, "eval_views": "3", "speed_iters": 1, "speed_warmup": 1, "test_conf_iters": 1,
+         "test_conf_batch": 256}
+
+
+def _modes(conf_path: Path) -> list[str]:
+    from pbidr.model.conf_defaults import DEFAULT_MODEL_CONF
+
+    return ["idr", "mesh"] if "band_steps" in DEFAULT_MODEL_CONF else ["idr"]
+
+
+def run_all(root: Path, out_json: Path, quick: bool = False, progress: bool = True) -> dict:
+    """Every section, in one process: end-to-end demo pipeline, render, train speed, eval, quality."""
+    import math
+
+    import torch
+
+    from pbidr.evaluation.run_eval import evaluate
+    from pbidr.evaluation.score import score_mesh
+    from pbidr.flops import matmul_rate
+    from pbidr.geometry.cameras import Rig
+    from pbidr.preprocess.pipeline import preprocess
+    from pbidr.preprocess.sample import make_sample
+    from pbidr.training.trainer import Trainer
+
+    size = QUICK if quick else FULL
+    repo = Path(__file__).resolve().parents[2]
+    fast_conf, test_conf = repo / "confs" / "fast.conf", repo / "confs" / "test.conf"
+    work = out_json.parent / ("work_quick" if quick else "work")
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict = {"quick": quick, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine_info()}
+    results["machine"]["matmul_gflop_s"] = matmul_rate() / 1e9
+    log = (lambda msg: print(f"[bench] {msg}", flush=True)) if progress else (lambda msg: None)
+
+    # End to end: the demo pipeline, stage by stage.
+    e2e = {}
+    raw, scan, run = work / "raw", work / "scan", work / "run"
+    log("e2e: sample")
+    t0 = time.perf_counter()
+    kw = {"texture_size": size["texture"]} | ({"grid": size["grid"]} if size["grid"] else {})
+    make_sample(raw, **kw)
+    e2e["sample_s"] = time.perf_counter() - t0
+    log("e2e: preprocess")
+    t0 = time.perf_counter()
+    preprocess(raw, scan, Rig(yaw=size["views"], res=size["res"]), progress=progress)
+    e2e["preprocess_s"] = time.perf_counter() - t0
+    log("e2e: train (confs/fast.conf)")
+    import shutil
+
+    shutil.rmtree(run, ignore_errors=True)
+    t0 = time.perf_counter()
+    overrides = {"train.iters": size["train_iters"]} if size["train_iters"] else {}
+    trained = Trainer(scan, run, fast_conf, overrides, device=torch.device("cpu"), progress=progress).run()
+    e2e["train_s"] = time.perf_counter() - t0
+    e2e["train_iters"] = trained.step
+    log("e2e: eval")
+    t0 = time.perf_counter()
+    metrics = evaluate(run, mc_resolution=size["mc_res"], views=size["eval_views"], device="cpu", progress=progress)
+    e2e["eval_s"] = time.perf_counter() - t0
+    e2e["total_s"] = sum(e2e[k] for k in ("sample_s", "preprocess_s", "train_s", "eval_s"))
+    results["e2e"] = e2e
+
+    log("render")
+    results["render"] = bench_render(work, views=size["views"], res=size["res"], repeat=size["render_repeat"])
+
+    mc = metrics.get("marching_cubes", {})
+    results["eval"] = {"mc_resolution": size["mc_res"], "mc_s": metrics["timings"].get("marching_cubes_s"),
+                       "mc_sdf_evals": mc.get("n_sdf_evals"), "mc_dense_evals": mc.get("dense_evals"),
+                       "mc_eval_saving": (mc["dense_evals"] / mc["n_sdf_evals"]) if mc.get("n_sdf_evals") else None,
+                       "eval_peak_rss_mb": metrics.get("peak_rss_mb"), "eval_total_s": metrics["timings"]["total_s"],
+                       "mc_error": mc.get("error")}
+
+    log("train speed")
+    speed = []
+    for conf_path, iters in ((fast_conf, size["speed_iters"]), (test_conf, size["test_conf_iters"])):
+        # test.conf's network at the scan's size: the image resolution does not change the cost per ray.
+        ov = {"dataset.img_res": []} if conf_path == test_conf else {}
+        if conf_path == test_conf and "test_conf_batch" in size:
+            ov["train.batch_size"] = size["test_conf_batch"]
+        for mode in _modes(conf_path):
+            log(f"train speed: {conf_path.name} {mode}")
+            speed.append(bench_train_speed(scan, conf_path, mode, iters, size["speed_warmup"], work, ov))
+    for row in speed:
+        row["flop_rate_vs_matmul"] = row["achieved_gflop_s"] / results["machine"]["matmul_gflop_s"]
+    results["train_speed"] = speed
+
+    log("quality")
+    quality = {"train_iters": trained.step, "psnr_mean": metrics.get("rendering", {}).get("psnr_mean")}
+    for name in ("detailed.obj", "detailed_subdivided.obj"):
+        sc = score_mesh(run / "eval" / name, raw)
+        quality[name] = {k: sc[k] for k in ("normal_error_ratio", "displacement_correlation", "albedo_leak",
+                                            "displacement_rms_mm", "normal_error_deg", "coarse_normal_error_deg")}
+    results["quality"] = quality
+    write_json(out_json, _json_safe(results))
+    return results
+
+
+def _json_safe(obj):
+    from pbidr.evaluation.metrics import json_safe
+
+    return json_safe(obj)
+
+
+def markdown(results: dict) -> str:
+    """The results as the markdown tables of BENCHMARKS.md."""
+    m = results["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; fp32 matmul "
+             f"{m['matmul_gflop_s']:.0f} GFLOP/s (measured in the same run). Date: {results['date']}"
+             + (" (--quick sizes)" if results["quick"] else ""), ""]
+    e = results["e2e"]
+    lines += ["| stage | seconds |", "|---|---|"]
+    for k in ("sample_s", "preprocess_s", "train_s", "eval_s", "total_s"):
+        lines.append(f"| {k[:-2]} | {e[k]:.1f} |")
+    r = results["render"]
+    lines += ["", "| render | views | res | median s (render only) | median s (whole preprocess) | target |",
+              "|---|---|---|---|---|---|",
+              f"| {r['renderer']} | {r['views']} | {r['res']} | {r['render_s_median']:.2f} | "
+              f"{r['preprocess_s_median']:.2f} | <= {r['target_s']:.0f} s |"]
+    lines += ["", "| train conf | tracer | batch | s/it | rays/s | SDF evals/ray | GFLOP/it | GFLOP/s | % of matmul |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for t in results["train_speed"]:
+        lines.append(f"| {t['conf']} | {t['mode']} | {t['batch_size']} | {t['s_per_iter']:.3f} | {t['rays_per_s']:.0f} | "
+                     f"{t['sdf_evals_per_ray']:.1f} | {t['gflop_per_iter']:.1f} | {t['achieved_gflop_s']:.1f} | "
+                     f"{100 * t['flop_rate_vs_matmul']:.1f} |")
+    by = {(t["conf"], t["mode"]): t for t in results["train_speed"]}
+    for conf in sorted({t["conf"] for t in results["train_speed"]}):
+        if (conf, "idr") in by and (conf, "mesh") in by:
+            lines.append(f"\n{conf}: mesh-guided / faithful rays/s = "
+                         f"{by[(conf, 'mesh')]['rays_per_s'] / by[(conf, 'idr')]['rays_per_s']:.1f}x")
+    ev = results["eval"]
+    lines += ["", "| eval | MC res | MC s | SDF evals | dense evals | saving | eval peak RSS MB | eval s |",
+              "|---|---|---|---|---|---|---|---|",
+              f"| fast.conf run | {ev['mc_resolution']} | {_f(ev['mc_s'])} | {ev['mc_sdf_evals']} | "
+              f"{ev['mc_dense_evals']} | {_f(ev['mc_eval_saving'], '.0f')}x | {_f(ev['eval_peak_rss_mb'], '.0f')} | "
+              f"{_f(ev['eval_total_s'])} |"]
+    q = results["quality"]
+    lines += ["", f"Quality after {q['train_iters']} iterations of confs/fast.conf (masked PSNR "
+              f"{_f(q['psnr_mean'], '.2f')} dB):", "",
+              "| mesh | normal-error ratio (vs coarse) | mean / median normal error deg | displacement corr. | "
+              "RMS mm | albedo leak |", "|---|---|---|---|---|---|"]
+    for name in ("detailed.obj", "detailed_subdivided.obj"):
+        s = q[name]
+        lines.append(f"| {name} | {_f(s['normal_error_ratio'], '.3f')} | {_f(s['normal_error_deg']['mean'], '.2f')} / "
+                     f"{_f(s['normal_error_deg']['median'], '.2f')} (coarse {_f(s['coarse_normal_error_deg']['mean'], '.2f')}) | "
+                     f"{_f(s['displacement_correlation'], '.3f')} | {_f(s['displacement_rms_mm'], '.3f')} | "
+                     f"{_f(s['albedo_leak'], '.2f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _f(x, fmt: str = ".1f") -> str:
+    try:
+        return format(float(x), fmt)
+    except (TypeError, ValueError):
+        return str(x)
+
+
 def run_bench(args: argparse.Namespace) -> int:
+    if args.what == "all":
+        out = Path(args.json or "bench/results.json")
+        results = run_all(out.parent, out, quick=args.quick, progress=not args.quiet)
+        print(markdown(results))
+        print(f"results: {out}")
+        return 0
     info = machine_info()
     with tempfile.TemporaryDirectory(prefix="pbidr-bench-") as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)

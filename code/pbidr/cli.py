@@ -139,13 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_score_parser(sub)
 
     p = sub.add_parser("bench", help="benchmarks (see script/benchmark.sh)")
-    p.add_argument("what", choices=["render"], help="render: 17 views at 1024^2 of the built-in sample")
+    p.add_argument("what", choices=["render", "all"],
+                   help="render: 17 views at 1024^2 of the built-in sample; all: every section (script/benchmark.sh)")
+    p.add_argument("--quick", action="store_true", help="with all: shrink every size (about a minute)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--repeat", type=int, default=3, help="runs; the median is reported (default 3)")
     p.add_argument("--res", type=int, default=1024)
     p.add_argument("--views", type=int, default=17)
     p.add_argument("--renderer", default="embree")
     p.add_argument("--workdir", default=None, help="where the sample is written (default: a temp folder)")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--json", default=None, help="write the results to this JSON file (all: bench/results.json)")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -172,6 +172,7 @@ class Trainer:
             self.step = int(resume_ckpt["step"])
             _set_rng_state(resume_ckpt["rng"], self.rng)
         self._stop_signal: int | None = None
+        self.last_counts: dict[str, int] = {}
         self._tb = None
 
     # -------------------------------------------------------------------------------------------
@@ -246,6 +247,9 @@ class Trainer:
         batch = batch_to_device(rays, self.device)
         rgb_gt = torch.as_tensor(rays["rgb"], device=self.device) * 2.0 - 1.0  # images compared in [-1, 1]
         out = self.model(batch)
+        # What this iteration evaluated: the benchmark turns these into FLOPs (pbidr.flops).
+        self.last_counts = {"n_sdf_evals": int(out.n_sdf_evals), "n_sdf_grad_evals": int(out.n_sdf_grad_evals),
+                            "n_surface": int(out.surface_mask.sum())}
         terms = self.loss_fn(out, rgb_gt, alpha=self.alpha())
         if not torch.isfinite(terms.total):
             raise FloatingPointError(terms)
