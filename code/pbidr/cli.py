@@ -1,4 +1,4 @@
-"""The ``pbidr`` command: one subcommand per stage (sample, preprocess, train, eval, bench, score)."""
+"""The ``pbidr`` command: one subcommand per stage (sample, photo, preprocess, train, eval, score, bench)."""
 
 from __future__ import annotations
 
@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_parser(sub)
     add_score_parser(sub)
+    from pbidr.photo.face_mesh import add_photo_parser
+
+    add_photo_parser(sub)
 
     p = sub.add_parser("bench", help="benchmarks (see script/benchmark.sh)")
     p.add_argument("what", choices=["render", "all"],
