@@ -9,7 +9,8 @@ Names differ from the original where the original's were misleading:
   (it encodes the coarse normal) -> ``multires``.
 Keys the original did not have: ``d_out`` of the shading nets (1 = grey shading as in the original),
 ``multires_normal`` (the original encodes the specular net's normal with multires_view),
-``eikonal_uniform_ratio``, ``second_surface_pass``, ``sdf_chunk``, ``rgb_weight``, ``mesh_pull_norm``,
+``eikonal_uniform_ratio``, ``second_surface_pass``, ``sdf_chunk``, ``compile``, the ray tracer's
+``mode`` and mesh-guided knobs, ``rgb_weight``, ``mesh_pull_norm``,
 ``mesh_pull_detach_target``, and alpha_factor / alpha_milestones (the original keeps them in ``train``).
 """
 
@@ -60,6 +61,19 @@ model {
         sphere_tracing_iters = 10
         n_steps = 100
         n_secant_steps = 8
+        # "idr": the faithful IDR tracer (sphere tracing from the bounding sphere, n_steps samples,
+        # secant). "mesh": search the surface in [d - band, d + band] around the coarse mesh's hit
+        # depth d (band_steps samples + n_secant_steps secant steps; n_front_steps sphere-tracing
+        # steps check that no surface lies in front of the band, 0 = no check), faithful tracer on
+        # the rays that miss the mesh inside the mask or find no sign change in the band; out-of-mask
+        # rays take the min-SDF point of n_steps_outside stratified samples + n_refine_outside
+        # bracket-halving steps (pbidr.model.mesh_guided_tracing).
+        mode = idr
+        band = 0.05
+        band_steps = 10
+        n_front_steps = 10
+        n_steps_outside = 16
+        n_refine_outside = 4
     }
     # Uniform eikonal samples per ray, in the cube [-r, r]^3 (r = object_bounding_sphere); the traced
     # points of all rays are eikonal samples too. IDR: 0.5.
@@ -67,8 +81,14 @@ model {
     # true: re-evaluate feature and normal at the differentiable surface point x(theta) (IDR, exact,
     # one more SDF pass over the surface points); false: reuse the values at x0 from the single pass.
     second_surface_pass = false
-    # Largest number of points per SDF call in the ray tracer (memory knob).
-    sdf_chunk = 100000
+    # Largest number of points per SDF call in the ray tracer (memory knob). On the CPU the SDF costs
+    # least per point when a layer's activations (chunk x width floats) stay within the caches:
+    # 8192 points measured 1.5x faster per point than 100000 on the 2-core reference machine for the
+    # 512-wide network, and never slower for the 256-wide one. A GPU may prefer larger chunks.
+    sdf_chunk = 8192
+    # torch.compile the ray tracer's SDF network (no-grad pass only; falls back to eager with a
+    # warning when compiling fails). Off: see the fast-path notes for when it pays.
+    compile = false
 }
 """
 

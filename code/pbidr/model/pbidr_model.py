@@ -7,8 +7,9 @@ mesh's hits (``mesh_*`` in :class:`RayBatch`) come from the data side (Embree), 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from pbidr.model.conf_defaults import model_conf
+from pbidr.model.mesh_guided_tracing import trace_rays_mesh_guided
 from pbidr.model.ray_tracing import RayTracerConfig, TraceResult, trace_rays
 from pbidr.model.sample_network import sample_network
 from pbidr.model.sdf_network import SDFNetwork
@@ -46,6 +48,11 @@ class RayBatch:
     def n_rays(self) -> int:
         return self.origins.shape[0]
 
+    def mesh_depth(self) -> torch.Tensor:
+        """(N,) distance along the (unit) ray of the coarse mesh's first hit; inf where it misses."""
+        depth = ((self.mesh_points - self.origins) * self.dirs).sum(-1)
+        return torch.where(self.mesh_hit.reshape(-1).bool(), depth, torch.full_like(depth, float("inf")))
+
     def to(self, device: torch.device | str) -> "RayBatch":
         return RayBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
                            for f in fields(self)})
@@ -75,6 +82,7 @@ class ModelOutput:
     mesh_normals_sel: (P, 3) coarse-mesh normals of the same rays.
     n_sdf_evals: points the ray tracer evaluated (no grad).
     n_sdf_grad_evals: points evaluated with gradients in the training pass.
+    n_trace_fallback: rays the mesh-guided tracer handed to the faithful one (0 in IDR mode).
     """
 
     rgb: torch.Tensor
@@ -95,6 +103,7 @@ class ModelOutput:
     mesh_normals_sel: torch.Tensor
     n_sdf_evals: int
     n_sdf_grad_evals: int
+    n_trace_fallback: int = 0
 
 
 @dataclass
@@ -120,6 +129,31 @@ class _Shading:
     specular: torch.Tensor
     albedo: torch.Tensor
     normals: torch.Tensor
+
+
+class _CompiledSDF:
+    """``torch.compile`` of the tracer's SDF callable (no grad, dynamic shapes). Compiling happens at
+    the first call; if it fails (no C++ compiler, unsupported platform) one warning is printed and
+    the eager callable is used from then on, so ``model.compile = true`` never breaks a CPU run.
+    Inputs of fewer than 2 points run eagerly: torch.compile specialises sizes 0 and 1 and would
+    recompile for them."""
+
+    def __init__(self, sdf: Callable[[torch.Tensor], torch.Tensor]):
+        self.eager = sdf
+        self.compiled = torch.compile(sdf, dynamic=True)
+        self.failed = False
+
+    def __call__(self, points: torch.Tensor) -> torch.Tensor:
+        if self.failed or points.shape[0] < 2:
+            return self.eager(points)
+        try:
+            return self.compiled(points)
+        except Exception as exc:  # torch.compile raises many types (backend, C++ toolchain, dynamo)
+            self.failed = True
+            reason = (str(exc).strip().splitlines() or [""])[0][:200]
+            warnings.warn(f"model.compile: torch.compile of the SDF failed ({type(exc).__name__}: {reason}); "
+                          "tracing with the eager network", RuntimeWarning, stacklevel=2)
+            return self.eager(points)
 
 
 def _to_unit_interval(raw: torch.Tensor) -> torch.Tensor:
@@ -177,17 +211,38 @@ class PBIDRModel(nn.Module):
         self.eikonal_uniform_ratio = conf.get_float("eikonal_uniform_ratio")
         self.second_surface_pass = conf.get_bool("second_surface_pass")
         self.sdf_chunk = conf.get_int("sdf_chunk")
+        # Optional torch.compile of the tracer's SDF (the no-grad pass; the training pass needs
+        # double backward, which torch.compile does not support). Built at the first trace.
+        self.compile_sdf = conf.get_bool("compile")
+        self._compiled_sdf: Optional[_CompiledSDF] = None
+
+    def _trace_sdf(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        if not self.compile_sdf:
+            return self.sdf_network.sdf
+        if self._compiled_sdf is None:
+            self._compiled_sdf = _CompiledSDF(self.sdf_network.sdf)
+        return self._compiled_sdf
 
     # ------------------------------------------------------------------ tracing
-    def trace(self, origins: torch.Tensor, dirs: torch.Tensor, object_mask: Optional[torch.Tensor]) -> TraceResult:
-        """IDR tracer on the current SDF, without gradients, with the SDF net in eval mode (as IDR)."""
+    def trace(
+        self, origins: torch.Tensor, dirs: torch.Tensor, object_mask: Optional[torch.Tensor],
+        mesh_depth: Optional[torch.Tensor] = None,
+    ) -> TraceResult:
+        """Ray tracing on the current SDF, without gradients, with the SDF net in eval mode (as IDR).
+        ``ray_tracer.mode`` picks the tracer: "idr" (faithful) or "mesh" (band search around
+        ``mesh_depth`` (N,), inf where the ray misses the coarse mesh; faithful without it)."""
         was_training = self.sdf_network.training
         self.sdf_network.eval()
         try:
             # cached(): weight-normalised weights are computed once per trace, not once per SDF call.
             with torch.no_grad(), parametrize.cached():
+                if self.ray_tracer_config.mode == "mesh" and mesh_depth is not None:
+                    return trace_rays_mesh_guided(
+                        self._trace_sdf(), origins, dirs, object_mask, mesh_depth,
+                        config=self.ray_tracer_config, chunk=self.sdf_chunk,
+                    )
                 return trace_rays(
-                    self.sdf_network.sdf, origins, dirs, object_mask,
+                    self._trace_sdf(), origins, dirs, object_mask,
                     config=self.ray_tracer_config, chunk=self.sdf_chunk,
                 )
         finally:
@@ -222,7 +277,7 @@ class PBIDRModel(nn.Module):
         object_mask = batch.object_mask.reshape(-1).bool()
         mesh_hit = batch.mesh_hit.reshape(-1).bool()
 
-        trace = self.trace(batch.origins, batch.dirs, object_mask)
+        trace = self.trace(batch.origins, batch.dirs, object_mask, batch.mesh_depth())
         surface_mask = trace.hit & object_mask
         pull_mask = surface_mask & mesh_hit
 
@@ -269,6 +324,7 @@ class PBIDRModel(nn.Module):
             mesh_normals_sel=batch.mesh_normals[pull_mask],
             n_sdf_evals=trace.n_sdf_evals,
             n_sdf_grad_evals=all_points.shape[0] + (surf_idx.numel() if self.second_surface_pass else 0),
+            n_trace_fallback=trace.n_fallback,
         )
 
     # ------------------------------------------------------------------ evaluation render
@@ -290,7 +346,7 @@ class PBIDRModel(nn.Module):
 
     def _render_chunk(self, batch: RayBatch) -> RenderOutput:
         n = batch.n_rays
-        trace = self.trace(batch.origins, batch.dirs, None)
+        trace = self.trace(batch.origins, batch.dirs, None, batch.mesh_depth())
         idx = trace.hit.nonzero().squeeze(-1)
         points = trace.points[idx]
         _, feature, grad = self.sdf_network.sdf_feature_gradient(points, create_graph=False)

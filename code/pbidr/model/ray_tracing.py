@@ -25,7 +25,11 @@ SDFCallable = Callable[[torch.Tensor], torch.Tensor]
 @dataclass
 class RayTracerConfig:
     """IDR's ``ray_tracer`` conf block; defaults are IDR's constructor defaults (the original PBIDR
-    conf sets line_step_iters = 3)."""
+    conf sets line_step_iters = 3), plus the mesh-guided fast path's knobs (``mode = "mesh"``, see
+    ``pbidr.model.mesh_guided_tracing``): ``band`` half-width of the search band around the coarse
+    mesh's hit (normalised units), ``band_steps`` samples over it, ``n_front_steps`` sphere-tracing
+    steps that check for a surface in front of the band (0: no check), ``n_steps_outside`` stratified
+    samples and ``n_refine_outside`` bracket-halving steps of the min-SDF search on out-of-mask rays."""
 
     object_bounding_sphere: float = 1.0
     sdf_threshold: float = 5.0e-5
@@ -34,6 +38,26 @@ class RayTracerConfig:
     sphere_tracing_iters: int = 10
     n_steps: int = 100
     n_secant_steps: int = 8
+    mode: str = "idr"
+    band: float = 0.05
+    band_steps: int = 10
+    n_front_steps: int = 10
+    n_steps_outside: int = 16
+    n_refine_outside: int = 4
+
+    MODES = ("idr", "mesh")
+
+    def __post_init__(self) -> None:
+        if self.mode not in self.MODES:
+            raise ValueError(f"ray_tracer.mode must be one of {list(self.MODES)}, got {self.mode!r}")
+        if not self.band > 0:
+            raise ValueError(f"ray_tracer.band must be positive, got {self.band}")
+        for name in ("band_steps", "n_steps_outside"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"ray_tracer.{name} must be at least 2, got {getattr(self, name)}")
+        for name in ("n_front_steps", "n_refine_outside"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ray_tracer.{name} must be >= 0, got {getattr(self, name)}")
 
     @classmethod
     def from_conf(cls, conf) -> "RayTracerConfig":
@@ -46,7 +70,12 @@ class RayTracerConfig:
         kwargs = {}
         for f in fields(cls):
             if f.name in data:
-                kwargs[f.name] = int(data[f.name]) if isinstance(f.default, int) else float(data[f.name])
+                if isinstance(f.default, str):
+                    kwargs[f.name] = str(data[f.name])
+                elif isinstance(f.default, int):
+                    kwargs[f.name] = int(data[f.name])
+                else:
+                    kwargs[f.name] = float(data[f.name])
         return cls(**kwargs)
 
 
@@ -61,6 +90,7 @@ class TraceResult:
     hit: (N,) bool, IDR's ``network_object_mask``: the ray meets the SDF zero level set.
     n_sdf_evals: number of points at which the SDF was evaluated.
     sampled: (N,) bool, rays handed to the sampling/secant stage (sphere tracing did not converge).
+    fallback: (N,) bool, mesh-guided mode only: rays handed to the faithful tracer (None otherwise).
     """
 
     points: torch.Tensor
@@ -68,6 +98,12 @@ class TraceResult:
     hit: torch.Tensor
     n_sdf_evals: int
     sampled: Optional[torch.Tensor] = None
+    fallback: Optional[torch.Tensor] = None
+
+    @property
+    def n_fallback(self) -> int:
+        """Rays the mesh-guided tracer handed to the faithful one (0 in IDR mode)."""
+        return 0 if self.fallback is None else int(self.fallback.sum())
 
 
 class _CountedSDF:
