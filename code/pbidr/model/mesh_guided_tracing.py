@@ -22,9 +22,15 @@ tracer looks for the surface in the band ``[mesh_depth - band, mesh_depth + band
   (plus the band samples when the ray hits the coarse mesh), then ``n_refine_outside`` bracket-halving
   steps around the best sample. IDR takes the best of 100 unsorted uniform samples; for a 1-Lipschitz
   SDF consecutive stratified samples are at most two strata apart, and each refinement step halves
-  the bracket around the best one (measurements against a dense search: docs in the tests and the
-  fast-path notes). IDR searches beyond the hit for out-of-mask rays that hit; the SDF is positive
-  before the first hit, so the minimum over the whole chord is the same point.
+  the bracket around the best one. IDR searches beyond the hit for out-of-mask rays that hit; the SDF
+  is positive before the first hit, so the minimum over the whole chord is the same point.
+
+Defaults, measured on the sample scan (256 px, 2048-4096-ray batches) with a 4x256 SDF fitted to the
+coarse mesh: IDR's hits lie within 0.011 (median), 0.027 (95%), 0.05 (99%) of the mesh depth; band 0.05
+with 10 samples leaves ~3% of the mask rays to the fallback (band 0.03: ~6%, and more evaluations in
+all). Min-SDF search outside the mask, against a 1000-sample search: 16 samples + 4 refinement steps
+miss the minimum by 4e-4 (95%) and 4e-3 (max), IDR's 100 random samples by 6e-4 and 4e-3; the mask loss
+is the same to 3 digits at alpha 50 and 800. Evaluations per training ray: 14 against IDR's 48.
 
 ``mode = "idr"`` remains the reference.
 """

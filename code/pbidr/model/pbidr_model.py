@@ -7,9 +7,8 @@ mesh's hits (``mesh_*`` in :class:`RayBatch`) come from the data side (Embree), 
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -131,31 +130,6 @@ class _Shading:
     normals: torch.Tensor
 
 
-class _CompiledSDF:
-    """``torch.compile`` of the tracer's SDF callable (no grad, dynamic shapes). Compiling happens at
-    the first call; if it fails (no C++ compiler, unsupported platform) one warning is printed and
-    the eager callable is used from then on, so ``model.compile = true`` never breaks a CPU run.
-    Inputs of fewer than 2 points run eagerly: torch.compile specialises sizes 0 and 1 and would
-    recompile for them."""
-
-    def __init__(self, sdf: Callable[[torch.Tensor], torch.Tensor]):
-        self.eager = sdf
-        self.compiled = torch.compile(sdf, dynamic=True)
-        self.failed = False
-
-    def __call__(self, points: torch.Tensor) -> torch.Tensor:
-        if self.failed or points.shape[0] < 2:
-            return self.eager(points)
-        try:
-            return self.compiled(points)
-        except Exception as exc:  # torch.compile raises many types (backend, C++ toolchain, dynamo)
-            self.failed = True
-            reason = (str(exc).strip().splitlines() or [""])[0][:200]
-            warnings.warn(f"model.compile: torch.compile of the SDF failed ({type(exc).__name__}: {reason}); "
-                          "tracing with the eager network", RuntimeWarning, stacklevel=2)
-            return self.eager(points)
-
-
 def _to_unit_interval(raw: torch.Tensor) -> torch.Tensor:
     return (torch.tanh(raw) + 1.0) / 2.0
 
@@ -211,17 +185,6 @@ class PBIDRModel(nn.Module):
         self.eikonal_uniform_ratio = conf.get_float("eikonal_uniform_ratio")
         self.second_surface_pass = conf.get_bool("second_surface_pass")
         self.sdf_chunk = conf.get_int("sdf_chunk")
-        # Optional torch.compile of the tracer's SDF (the no-grad pass; the training pass needs
-        # double backward, which torch.compile does not support). Built at the first trace.
-        self.compile_sdf = conf.get_bool("compile")
-        self._compiled_sdf: Optional[_CompiledSDF] = None
-
-    def _trace_sdf(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        if not self.compile_sdf:
-            return self.sdf_network.sdf
-        if self._compiled_sdf is None:
-            self._compiled_sdf = _CompiledSDF(self.sdf_network.sdf)
-        return self._compiled_sdf
 
     # ------------------------------------------------------------------ tracing
     def trace(
@@ -238,11 +201,11 @@ class PBIDRModel(nn.Module):
             with torch.no_grad(), parametrize.cached():
                 if self.ray_tracer_config.mode == "mesh" and mesh_depth is not None:
                     return trace_rays_mesh_guided(
-                        self._trace_sdf(), origins, dirs, object_mask, mesh_depth,
+                        self.sdf_network.sdf, origins, dirs, object_mask, mesh_depth,
                         config=self.ray_tracer_config, chunk=self.sdf_chunk,
                     )
                 return trace_rays(
-                    self._trace_sdf(), origins, dirs, object_mask,
+                    self.sdf_network.sdf, origins, dirs, object_mask,
                     config=self.ray_tracer_config, chunk=self.sdf_chunk,
                 )
         finally:
