@@ -249,7 +249,7 @@ class Trainer:
         out = self.model(batch)
         # What this iteration evaluated: the benchmark turns these into FLOPs (pbidr.flops).
         self.last_counts = {"n_sdf_evals": int(out.n_sdf_evals), "n_sdf_grad_evals": int(out.n_sdf_grad_evals),
-                            "n_surface": int(out.surface_mask.sum())}
+                            "n_surface": int(out.surface_mask.sum()), "n_trace_fallback": int(out.n_trace_fallback)}
         terms = self.loss_fn(out, rgb_gt, alpha=self.alpha())
         if not torch.isfinite(terms.total):
             raise FloatingPointError(terms)
@@ -298,7 +298,9 @@ class Trainer:
                 if self.step % 10 == 0 or self.step == self.total_steps:
                     lr = self.optimizer.param_groups[0]["lr"]
                     self._log(f"step {self.step} " + " ".join(f"{k} {v:.6g}" for k, v in last.items())
-                              + f" lr {lr:.3g} alpha {self.alpha():.4g} rays/s {rays_s:.0f}")
+                              + f" lr {lr:.3g} alpha {self.alpha():.4g} rays/s {rays_s:.0f}"
+                              + f" sdf_evals/ray {self.last_counts['n_sdf_evals'] / self.batch_size:.1f}"
+                              + f" trace_fallback {self.last_counts['n_trace_fallback']}")
                     tb = self._tensorboard()
                     if tb:
                         for k, v in last.items():
@@ -306,6 +308,8 @@ class Trainer:
                         tb.add_scalar("train/lr", lr, self.step)
                         tb.add_scalar("train/alpha", self.alpha(), self.step)
                         tb.add_scalar("train/rays_per_s", rays_s, self.step)
+                        tb.add_scalar("train/sdf_evals_per_ray", self.last_counts["n_sdf_evals"] / self.batch_size,
+                                      self.step)
                 if ckpt_freq > 0 and self.step % ckpt_freq == 0:
                     self.save_checkpoint()
                 if plot_freq > 0 and self.step % plot_freq == 0:
