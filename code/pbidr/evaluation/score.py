@@ -96,24 +96,12 @@ def load_geometry(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     Geometry only: an untextured marching-cubes PLY, or an OBJ whose material or texture is not
     beside it, still scores. OBJ vertices are not split at UV seams (``merge_tex``).
     """
-    import trimesh
+    from pbidr.io.load import load_trimesh_parts
 
     path = Path(path)
     if not path.is_file():
         raise PbidrError(f"{path}: mesh file not found")
-    try:
-        loaded = trimesh.load(str(path), process=False, merge_tex=True, merge_norm=True, skip_materials=True)
-    except Exception as exc:  # trimesh raises many types for a bad file; all mean "unreadable"
-        raise PbidrError(f"{path}: cannot read the mesh ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
-    if isinstance(loaded, trimesh.Scene):
-        parts = [g for g in loaded.dump(concatenate=False) if isinstance(g, trimesh.Trimesh)]
-    elif isinstance(loaded, trimesh.Trimesh):
-        parts = [loaded]
-    else:
-        parts = []
-    parts = [p for p in parts if len(p.faces)]
-    if not parts:
-        raise PbidrError(f"{path}: empty mesh (no faces)")
+    parts = load_trimesh_parts(path, merge_tex=True, merge_norm=True, skip_materials=True)
     offsets = np.cumsum([0] + [len(p.vertices) for p in parts])[:-1]
     vertices = np.concatenate([np.asarray(p.vertices, dtype=np.float64) for p in parts])
     faces = np.concatenate([np.asarray(p.faces, dtype=np.int64) + o for p, o in zip(parts, offsets)])

@@ -613,11 +613,13 @@ def image_to_rgb8(img: Image.Image) -> np.ndarray:
 # PLY / GLB / GLTF through trimesh
 # --------------------------------------------------------------------------------------------
 
-def _load_trimesh(path: Path) -> TexturedMesh:
+def load_trimesh_parts(path: Path, **load_kwargs) -> list:
+    """The non-empty triangle meshes of a file read by trimesh (``process=False``; scene transforms
+    applied), or a one-line PbidrError when it is unreadable or holds no faces."""
     import trimesh
 
     try:
-        loaded = trimesh.load(str(path), process=False)
+        loaded = trimesh.load(str(path), process=False, **load_kwargs)
     except Exception as exc:  # trimesh raises many types for a bad file; all mean "unreadable"
         raise PbidrError(f"{path}: cannot read the mesh ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
     if isinstance(loaded, trimesh.Scene):
@@ -629,6 +631,11 @@ def _load_trimesh(path: Path) -> TexturedMesh:
     parts = [p for p in parts if len(p.faces)]
     if not parts:
         raise PbidrError(f"{path}: empty mesh (no faces; a point cloud or empty scene cannot be used)")
+    return parts
+
+
+def _load_trimesh(path: Path) -> TexturedMesh:
+    parts = load_trimesh_parts(path)
 
     textures = [_trimesh_texture(p) for p in parts]
     n_textured = sum(t is not None for t in textures)
