@@ -1,7 +1,6 @@
 """``pbidr eval``: every output of a tiny trained run, exact displacement/marching cubes on a sphere SDF,
 atomic replacement of an earlier eval, and one-line errors for bad inputs."""
 
-import argparse
 import json
 import shutil
 
@@ -12,7 +11,7 @@ import trimesh
 
 from pbidr.errors import PbidrError
 from pbidr.evaluation.run_eval import (
-    add_eval_parser, detail_meshes, evaluate, framing_camera, level_set_world, parse_views, world_sdf,
+    detail_meshes, evaluate, framing_camera, level_set_world, parse_views, world_sdf,
 )
 from pbidr.geometry.cameras import Rig, scale_matrix, to_normalised
 from pbidr.io.load import load_mesh
@@ -40,21 +39,10 @@ EXPECTED = ["detailed.obj", "detailed.mtl", "detailed_subdivided.obj", "detailed
 
 
 def run_cli(*argv: str) -> int:
-    """``pbidr eval ...`` through pbidr.cli.main once it registers eval; through the same parser otherwise."""
+    """``pbidr eval ...`` through the real command line."""
     from pbidr import cli
 
-    parser = cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "eval" in sub.choices:
-        return cli.main(["eval", *argv])
-    parser = argparse.ArgumentParser(prog="pbidr")
-    add_eval_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["eval", *argv])
-    try:
-        return int(args.func(args) or 0)
-    except PbidrError as err:
-        print(f"pbidr eval: error: {err}")
-        return 2
+    return cli.main(["eval", *argv])
 
 
 @pytest.fixture(scope="module")
