@@ -427,6 +427,8 @@ def evaluate(
     cam_of = {v: data.cameras[k] for k, v in enumerate(load_idx)}
     scale_mat, coarse = data.scale_mat, data.mesh
     s = _uniform_scale(scale_mat)
+    model.attach_coarse_mesh(to_normalised(coarse.vertices, scale_mat), coarse.faces, coarse.vertex_normals())
+    model.set_step(run.step)
     if band is None:
         band = min(DEFAULT_BAND, 0.025 * s)
     train_views = conf.get_list("dataset.views") or list(range(n_images))

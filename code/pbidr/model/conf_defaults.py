@@ -26,6 +26,16 @@ DEFAULT_MODEL_CONF = """
 model {
     feature_vector_size = 256
     sdf_network {
+        # sphere: IDR's network with geometric init (a sphere of radius bias at step 0; the paper's).
+        # coarse_residual: f(x) = d_coarse(x) + r(p(x)), the coarse mesh's signed distance plus a
+        # residual network that starts at zero (pbidr.model.residual_sdf); needs the coarse mesh.
+        parameterisation = sphere
+        # coarse_residual: bound of |r| (normalised units), and whether r is read at x projected onto
+        # the coarse mesh's tangent plane (a displacement along the coarse normal) or at x itself.
+        max_residual = 0.02
+        project = true
+        # > 0: the positional encoding's bands open coarse to fine over this many iterations (BARF).
+        coarse_to_fine_iters = 0
         d_in = 3
         dims = [512, 512, 512, 512, 512, 512, 512, 512]
         skip_in = [4]
@@ -35,6 +45,8 @@ model {
         weight_norm = true
         beta = 100.0
     }
+    # Normal the diffuse shading network sees: coarse (PBIDR: the coarse mesh's) or sdf (the SDF's).
+    diffuse_normal = coarse
     diffuse_network {
         dims = [128]
         d_out = 1

@@ -16,11 +16,16 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from pbidr.model.conf_defaults import model_conf
+from pbidr.geometry.coarse_distance import CoarseDistance
 from pbidr.model.mesh_guided_tracing import trace_rays_mesh_guided
 from pbidr.model.ray_tracing import RayTracerConfig, TraceResult, trace_rays
 from pbidr.model.sample_network import sample_network
+from pbidr.model.residual_sdf import ResidualSDF
 from pbidr.model.sdf_network import SDFNetwork
 from pbidr.model.shading import AlbedoNetwork, DiffuseShadingNetwork, SpecularShadingNetwork
+
+
+PARAMETERISATIONS = ("sphere", "coarse_residual")
 
 
 @dataclass
@@ -151,17 +156,29 @@ class PBIDRModel(nn.Module):
         feature_dim = conf.get_int("feature_vector_size")
 
         sc = conf.get_config("sdf_network")
-        self.sdf_network = SDFNetwork(
-            d_in=sc.get_int("d_in"),
-            feature_dim=feature_dim,
-            dims=sc.get_list("dims"),
-            skip_in=sc.get_list("skip_in"),
-            multires=sc.get_int("multires"),
-            geometric_init=sc.get_bool("geometric_init"),
-            bias=sc.get_float("bias"),
-            weight_norm=sc.get_bool("weight_norm"),
-            beta=sc.get_float("beta"),
-        )
+        self.parameterisation = sc.get_string("parameterisation")
+        if self.parameterisation not in PARAMETERISATIONS:
+            raise ValueError(f"model.sdf_network.parameterisation must be one of {PARAMETERISATIONS}, "
+                             f"got {self.parameterisation!r}")
+        self.coarse_to_fine_iters = sc.get_int("coarse_to_fine_iters")
+        if self.parameterisation == "coarse_residual":
+            self.sdf_network = ResidualSDF(
+                feature_dim=feature_dim, dims=sc.get_list("dims"), skip_in=sc.get_list("skip_in"),
+                multires=sc.get_int("multires"), weight_norm=sc.get_bool("weight_norm"), beta=sc.get_float("beta"),
+                max_residual=sc.get_float("max_residual"), project=sc.get_bool("project"),
+            )
+        else:
+            self.sdf_network = SDFNetwork(
+                d_in=sc.get_int("d_in"),
+                feature_dim=feature_dim,
+                dims=sc.get_list("dims"),
+                skip_in=sc.get_list("skip_in"),
+                multires=sc.get_int("multires"),
+                geometric_init=sc.get_bool("geometric_init"),
+                bias=sc.get_float("bias"),
+                weight_norm=sc.get_bool("weight_norm"),
+                beta=sc.get_float("beta"),
+            )
         dc = conf.get_config("diffuse_network")
         self.diffuse_network = DiffuseShadingNetwork(
             dims=dc.get_list("dims"), d_out=dc.get_int("d_out"),
@@ -181,10 +198,32 @@ class PBIDRModel(nn.Module):
             if net.d_out not in (1, 3):
                 raise ValueError(f"model.{name}.d_out must be 1 (grey) or 3 (rgb), got {net.d_out}")
 
+        self.diffuse_normal = conf.get_string("diffuse_normal")
+        if self.diffuse_normal not in ("coarse", "sdf"):
+            raise ValueError(f"model.diffuse_normal must be 'coarse' or 'sdf', got {self.diffuse_normal!r}")
         self.ray_tracer_config = RayTracerConfig.from_conf(conf.get_config("ray_tracer"))
         self.eikonal_uniform_ratio = conf.get_float("eikonal_uniform_ratio")
         self.second_surface_pass = conf.get_bool("second_surface_pass")
         self.sdf_chunk = conf.get_int("sdf_chunk")
+
+    # ------------------------------------------------------------------ coarse mesh and schedules
+    @property
+    def needs_coarse_mesh(self) -> bool:
+        return self.parameterisation == "coarse_residual"
+
+    def attach_coarse_mesh(self, vertices, faces, normals=None) -> None:
+        """The coarse mesh in the normalised frame (vertices (V, 3), faces (F, 3), optional unit vertex
+        normals): the base of the ``coarse_residual`` SDF. A no-op for the ``sphere`` parameterisation."""
+        if self.needs_coarse_mesh:
+            self.sdf_network.attach_coarse(CoarseDistance(vertices, faces, normals))
+
+    def set_step(self, step: int) -> None:
+        """Training-step-driven schedules: the coarse-to-fine window of the SDF's encoding."""
+        embed = self.sdf_network.embed
+        if self.coarse_to_fine_iters > 0:
+            embed.set_bandwidth(embed.multires * min(1.0, step / self.coarse_to_fine_iters))
+        else:
+            embed.set_bandwidth(None)
 
     # ------------------------------------------------------------------ tracing
     def trace(
@@ -218,7 +257,11 @@ class PBIDRModel(nn.Module):
     ) -> _Shading:
         """Colour of K surface points: points, dirs, mesh_normals (K, 3); features (K, F); sdf_grads (K, 3)."""
         normals = F.normalize(sdf_grads, dim=-1)
-        diffuse = _to_unit_interval(self.diffuse_network(mesh_normals)).expand(-1, 3)
+        # PBIDR shades the diffuse term with the coarse normal; "sdf" uses the SDF's own normal, so
+        # the detail's shading is explained by the geometry (sound once the SDF's low frequencies are
+        # pinned to the coarse mesh: model.sdf_network.parameterisation = coarse_residual).
+        diffuse_in = normals if self.diffuse_normal == "sdf" else mesh_normals
+        diffuse = _to_unit_interval(self.diffuse_network(diffuse_in)).expand(-1, 3)
         specular = _to_unit_interval(self.specular_network(normals, -dirs)).expand(-1, 3)
         albedo = _to_unit_interval(self.albedo_network(points, features))
         rgb01 = diffuse * albedo + specular

@@ -93,6 +93,30 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> tuple[PBIDRModel,
     return model, conf
 
 
+def make_optimizer(model: PBIDRModel, tc: ConfigTree, epoch_len: int):
+    """Adam over two parameter groups, geometry (the SDF network) and appearance (the rest), and its
+    schedule: both follow the multi-step decay (milestones in epochs); the geometry group's rate is
+    ``sdf_lr_factor`` times the base and ramps up linearly over ``geometry_warmup_iters`` (0 = none),
+    so the appearance networks fit the colours of the starting shape before the shape may move."""
+    lr = tc.get_float("learning_rate")
+    geometry = list(model.sdf_network.parameters())
+    ids = {id(p) for p in geometry}
+    appearance = [p for p in model.parameters() if id(p) not in ids]
+    optimizer = torch.optim.Adam([{"params": geometry, "lr": lr * tc.get_float("sdf_lr_factor")},
+                                  {"params": appearance, "lr": lr}], lr=lr)
+    milestones = sorted(int(m) * epoch_len for m in tc.get_list("sched_milestones"))
+    gamma, warmup = tc.get_float("sched_factor"), tc.get_int("geometry_warmup_iters")
+
+    def decay(step: int) -> float:
+        return gamma ** sum(1 for m in milestones if step >= m)
+
+    def geometry_rate(step: int) -> float:
+        return decay(step) * (min(1.0, step / warmup) if warmup > 0 else 1.0)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [geometry_rate, decay])
+    return optimizer, scheduler
+
+
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state, "python": random.getstate()}
     if torch.cuda.is_available():
@@ -160,10 +184,10 @@ class Trainer:
         self.rng = np.random.default_rng(self.seed)
         random.seed(self.seed)
         self.model = PBIDRModel(conf.get_config("model")).to(device)
+        coarse = self.sampler.coarse
+        self.model.attach_coarse_mesh(coarse.vertices, coarse.faces, coarse.vertex_normals)
         self.loss_fn = PBIDRLoss(conf.get_config("loss"))
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.get_float("learning_rate"))
-        milestones = [int(m) * self.epoch_len for m in tc.get_list("sched_milestones")]
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=tc.get_float("sched_factor"))
+        self.optimizer, self.scheduler = make_optimizer(self.model, tc, self.epoch_len)
         self.step = 0
         if resume_ckpt is not None:
             self.model.load_state_dict(resume_ckpt["model"])
@@ -227,6 +251,7 @@ class Trainer:
         cam = self.data.cameras[tc.get_int("plot_view")]
         scale = tc.get_int("plot_res") / max(cam.width, cam.height)
         small = resize_camera(cam, max(1, round(cam.width * scale)), max(1, round(cam.height * scale)))
+        self.model.set_step(self.step)
         view = render_camera(self.model, self.sampler.coarse, small, self.device, tc.get_int("render_chunk"))
         gt = self.data.images[tc.get_int("plot_view")]
         import cv2
@@ -246,6 +271,7 @@ class Trainer:
         rays = self.sampler.sample(self.batch_size, self.rng)
         batch = batch_to_device(rays, self.device)
         rgb_gt = torch.as_tensor(rays["rgb"], device=self.device) * 2.0 - 1.0  # images compared in [-1, 1]
+        self.model.set_step(self.step)
         out = self.model(batch)
         # What this iteration evaluated: the benchmark turns these into FLOPs (pbidr.flops).
         self.last_counts = {"n_sdf_evals": int(out.n_sdf_evals), "n_sdf_grad_evals": int(out.n_sdf_grad_evals),
@@ -296,7 +322,7 @@ class Trainer:
                                     f"mask {last['mask']:.4f} pull {last['mesh_pull']:.2e} nrm {last['normal']:.4f} "
                                     f"{rays_s:.0f} rays/s")
                 if self.step % 10 == 0 or self.step == self.total_steps:
-                    lr = self.optimizer.param_groups[0]["lr"]
+                    lr = self.optimizer.param_groups[1]["lr"]
                     self._log(f"step {self.step} " + " ".join(f"{k} {v:.6g}" for k, v in last.items())
                               + f" lr {lr:.3g} alpha {self.alpha():.4g} rays/s {rays_s:.0f}"
                               + f" sdf_evals/ray {self.last_counts['n_sdf_evals'] / self.batch_size:.1f}"
