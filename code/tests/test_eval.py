@@ -112,7 +112,8 @@ def test_failed_eval_keeps_the_earlier_one(run_copy):
     assert not (run_copy / "eval" / "contact_sheet.png").exists()
     assert (run_copy / "eval" / "compare.png").is_file()  # no network needed: written without rendering too
     (run_copy / "checkpoints" / "latest.pt").unlink()
-    assert run_cli("--exp-dir", str(run_copy), *FAST) != 0
+    assert run_cli("--exp-dir", str(run_copy), *FAST) != 0  # refused: an earlier eval and no --overwrite
+    assert run_cli("--exp-dir", str(run_copy), "--overwrite", *FAST) != 0  # fails: no checkpoint
     assert (run_copy / "eval" / "metrics.json").read_text() == before
     assert not list(run_copy.glob(".eval*"))
 

@@ -111,6 +111,7 @@ def test_bad_inputs(tiny_scan, tmp_path, capsys):
     assert _train(tiny_scan, run, "--iters", "2") == 0
     capsys.readouterr()
     _fails(capsys, _train(tiny_scan, run, "--iters", "4"), "--resume")
-    (run / "checkpoints" / "latest.pt").write_bytes(b"garbage")
+    for ckpt in (run / "checkpoints").glob("*.pt"):  # every checkpoint corrupt: nothing to fall back on
+        ckpt.write_bytes(b"garbage")
     _fails(capsys, _train(tiny_scan, run, "--iters", "4", "--resume"), "latest.pt", "corrupt")
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()

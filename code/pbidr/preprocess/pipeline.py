@@ -20,7 +20,8 @@ from pbidr.geometry.cameras import DEFAULT_MARGIN, Rig, bounding_sphere, cameras
 from pbidr.io.load import find_mesh_in_dir, load_mesh
 from pbidr.io.obj import write_obj
 from pbidr.preprocess.render import make_renderer
-from pbidr.utils.atomic import save_npz, staging_dir, write_json
+from pbidr.utils.atomic import file_sha256, save_npz, write_json
+from pbidr.utils.outputs import check_output, stage_output
 from pbidr.utils.images import contact_sheet, write_png
 
 SCAN_MESH = "mesh.obj"
@@ -34,10 +35,14 @@ def preprocess(
     margin: float = DEFAULT_MARGIN,
     device: str = "auto",
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
-    """Render ``rig``'s views of the mesh found at ``raw`` into the scan directory ``output``."""
+    """Render ``rig``'s views of the mesh found at ``raw`` into the scan directory ``output``.
+
+    An existing scan is replaced only with ``overwrite``; any other non-empty folder is refused."""
     t0 = time.perf_counter()
     rig.validate()
+    check_output(output, "preprocess", overwrite)
     mesh_path = find_mesh_in_dir(raw)
     mesh = load_mesh(mesh_path)
     warnings = list(mesh.extras.get("warnings", []))
@@ -52,7 +57,7 @@ def preprocess(
 
     output = Path(output)
     timings = {"load_s": t_load}
-    with staging_dir(output) as tmp:
+    with stage_output(output, "preprocess", overwrite) as tmp:
         (tmp / "image").mkdir()
         (tmp / "mask").mkdir()
         t_render = t_write = 0.0
@@ -87,6 +92,7 @@ def preprocess(
                 "vertex_colors": mesh.vertex_colors is not None,
                 "texture_size": list(mesh.texture.shape[:2]) if mesh.texture is not None else None,
                 "file": SCAN_MESH,
+                "sha256": file_sha256(tmp / SCAN_MESH),
             },
             "normalisation": {
                 "center": center.tolist(),
