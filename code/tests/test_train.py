@@ -105,7 +105,7 @@ def test_bad_inputs(tiny_scan, tmp_path, capsys):
     (scan2 / "image" / "003.png").unlink()
     (scan2 / "mask" / "003.png").unlink()
     _fails(capsys, main(["train", "--data", str(scan2), "--exp-dir", str(tmp_path / "r3"), "--conf", str(conf),
-                         "--quiet"]), "cameras")
+                         "--quiet"]), "2 images", "meta.json")
     # an existing run is refused without --resume, and a corrupt checkpoint is named
     run = tmp_path / "run"
     assert _train(tiny_scan, run, "--iters", "2") == 0
