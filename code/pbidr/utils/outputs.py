@@ -71,7 +71,7 @@ def output_stage(folder: str | os.PathLike) -> str | None:
 
 def _is_leftover(name: str) -> bool:
     """Files that an interrupted pbidr run may leave and that carry no user data."""
-    return name == MARKER or (name.startswith(".") and ".tmp" in name)
+    return name in (MARKER, ".lock") or (name.startswith(".") and ".tmp" in name)
 
 
 def is_effectively_empty(folder: Path) -> bool:
