@@ -110,6 +110,22 @@ def test_train_exp_dir_policy(tmp_path, capsys, sphere_raw):
     assert "\r" not in err and "train: 2/2 it (100%)" in err, err
 
 
+def test_leftovers_of_a_killed_replacement_are_repaired(tmp_path):
+    import subprocess
+    import sys
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    raw = tmp_path / "raw"
+    make_sample(raw, grid=(20, 30), texture_size=32)
+    # killed between "move the earlier output aside" and "rename the new one in"
+    raw.rename(tmp_path / f".raw.old-{dead}")
+    (tmp_path / f".raw.{dead}.abc.tmp").mkdir()  # and its staging folder
+    with pytest.raises(PbidrError, match="--overwrite"):
+        check_output(raw, "sample")
+    assert stage_done(raw, "sample") and sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
 def test_plain_progress_lines_when_not_a_terminal():
     out = io.StringIO()
     bar = progress_bar(total=1000, desc="train", file=out, every_steps=100, every_seconds=3600)

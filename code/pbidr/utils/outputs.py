@@ -82,6 +82,7 @@ def check_output(path: str | os.PathLike, stage: str, overwrite: bool = False, f
     """Apply the output policy to ``path`` for ``stage``. Returns True when an earlier output of the
     stage is there and will be replaced; raises a one-line ``PbidrError`` when the path is refused."""
     path = Path(path)
+    sweep_stale_staging(path)
     if path.is_symlink() and not path.exists():
         raise PbidrError(f"{path}: {flag} is a broken symbolic link; choose another {flag}")
     if not path.exists():
@@ -115,6 +116,15 @@ def sweep_stale_staging(final: str | os.PathLike) -> None:
         pid = _staging_pid(p.name, final.name)
         if pid is not None and not pid_alive(pid) and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
+    # staging_dir moves the earlier output aside for an instant while it renames the new one in; a
+    # kill in that instant leaves it here: put it back (or drop it when the new one made it).
+    for p in parent.glob(f".{final.name}.old-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)) and p.is_dir():
+            if final.exists():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                os.replace(p, final)
 
 
 def _staging_pid(name: str, final_name: str) -> int | None:
@@ -147,7 +157,6 @@ def stage_output(path: str | os.PathLike, stage: str, overwrite: bool = False, f
     atomically on success (with the stage's marker inside). Check early with ``check_output`` too,
     before long work, so a refusal costs nothing."""
     check_output(path, stage, overwrite, flag)
-    sweep_stale_staging(path)
     with staging_dir(path) as tmp:
         yield tmp
         check_output(path, stage, overwrite, flag)  # the folder may have changed while we worked
