@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from pbidr import __version__
 from pbidr.geometry.cameras import DEFAULT_MARGIN, Rig, bounding_sphere, cameras_npz_arrays, scale_matrix
@@ -23,6 +22,7 @@ from pbidr.preprocess.render import make_renderer
 from pbidr.utils.atomic import file_sha256, save_npz, write_json
 from pbidr.utils.outputs import check_output, stage_output
 from pbidr.utils.images import contact_sheet, write_png
+from pbidr.utils.progress import progress_bar
 
 SCAN_MESH = "mesh.obj"
 
@@ -63,7 +63,8 @@ def preprocess(
         t_render = t_write = 0.0
         thumbs = []
         coverage = []
-        for i, cam in enumerate(tqdm(cameras, desc="render", unit="view", disable=not progress)):
+        bar = progress_bar(total=len(cameras), desc="render", unit="view", disable=not progress)
+        for i, cam in enumerate(cameras):
             t1 = time.perf_counter()
             view = backend.render(cam)
             t2 = time.perf_counter()
@@ -73,6 +74,8 @@ def preprocess(
             t_write += time.perf_counter() - t2
             thumbs.append(view.rgb[::4, ::4] if cam.width >= 512 else view.rgb)
             coverage.append(float(view.mask.mean()))
+            bar.update(1)
+        bar.close()
         save_npz(tmp / "cameras.npz", **cameras_npz_arrays(cameras, scale_mat))
         write_obj(tmp / SCAN_MESH, mesh)
         per_row = int(np.ceil(np.sqrt(len(thumbs) * 1.5)))
