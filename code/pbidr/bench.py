@@ -160,12 +160,11 @@ def run_all(root: Path, out_json: Path, quick: bool = False, progress: bool = Tr
     preprocess(raw, scan, Rig(yaw=size["views"], res=size["res"]), progress=progress, overwrite=True)
     e2e["preprocess_s"] = time.perf_counter() - t0
     log("e2e: train (confs/fast.conf)")
-    import shutil
-
-    shutil.rmtree(run, ignore_errors=True)
     t0 = time.perf_counter()
     overrides = {"train.iters": size["train_iters"]} if size["train_iters"] else {}
-    trained = Trainer(scan, run, fast_conf, overrides, device=torch.device("cpu"), progress=progress).run()
+    # overwrite: an earlier benchmark run is replaced; anything else in its place is refused
+    trained = Trainer(scan, run, fast_conf, overrides, device=torch.device("cpu"), progress=progress,
+                      overwrite=True).run()
     e2e["train_s"] = time.perf_counter() - t0
     e2e["train_iters"] = trained.step
     log("e2e: eval")
