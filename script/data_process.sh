@@ -21,4 +21,5 @@ if [ "$RAW" = "data/raw/0" ] && [ ! -e data/raw/0/mesh.obj ]; then
     echo "[pbidr] writing the built-in sample to data/raw/0"
     pbidr sample --output data/raw/0
 fi
-pbidr preprocess --input "$RAW" --output "data/$DATASET/scan$SCAN_ID" ${EXTRA[@]+"${EXTRA[@]}"}
+# --overwrite: a rerun replaces the scan it wrote before (a folder holding anything else is still refused)
+pbidr preprocess --overwrite --input "$RAW" --output "data/$DATASET/scan$SCAN_ID" ${EXTRA[@]+"${EXTRA[@]}"}

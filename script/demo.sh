@@ -35,7 +35,7 @@ if [ "$USE_PHOTO" = 1 ]; then
     fi
     SCAN_ID=1
     stage "photo ($PHOTO -> data/raw/photo)"
-    pbidr photo --image "$PHOTO" --output data/raw/photo
+    pbidr photo --overwrite --image "$PHOTO" --output data/raw/photo
     stage "preprocess (data/raw/photo -> data/Test/scan$SCAN_ID)"
     bash script/data_process.sh -i data/raw/photo -o "$SCAN_ID"
 else

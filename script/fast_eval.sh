@@ -41,5 +41,6 @@ if [ -z "$EXP_DIR" ]; then
     fi
 fi
 echo "[pbidr] evaluating $EXP_DIR"
-exec pbidr eval --exp-dir "$EXP_DIR" --checkpoint "$CHECKPOINT" --mc-resolution "$RESOLUTION" --device "$DEVICE" \
+# --overwrite: a rerun replaces the run's earlier eval/ (it only ever replaces an eval output)
+exec pbidr eval --overwrite --exp-dir "$EXP_DIR" --checkpoint "$CHECKPOINT" --mc-resolution "$RESOLUTION" --device "$DEVICE" \
     ${EXTRA[@]+"${EXTRA[@]}"}

@@ -54,7 +54,7 @@ def bench_render(workdir: Path, views: int = 17, res: int = 1024, repeat: int = 
             backend.render(cam)
         render_runs.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        preprocess(raw, workdir / "scan", rig, renderer=renderer, progress=False)
+        preprocess(raw, workdir / "scan", rig, renderer=renderer, progress=False, overwrite=True)
         pre_runs.append(time.perf_counter() - t0)
     return {
         "renderer": renderer, "views": views, "res": res, "repeat": repeat,
@@ -153,19 +153,18 @@ def run_all(root: Path, out_json: Path, quick: bool = False, progress: bool = Tr
     log("e2e: sample")
     t0 = time.perf_counter()
     kw = {"texture_size": size["texture"]} | ({"grid": size["grid"]} if size["grid"] else {})
-    make_sample(raw, **kw)
+    make_sample(raw, overwrite=True, **kw)  # the benchmark's own work folder
     e2e["sample_s"] = time.perf_counter() - t0
     log("e2e: preprocess")
     t0 = time.perf_counter()
-    preprocess(raw, scan, Rig(yaw=size["views"], res=size["res"]), progress=progress)
+    preprocess(raw, scan, Rig(yaw=size["views"], res=size["res"]), progress=progress, overwrite=True)
     e2e["preprocess_s"] = time.perf_counter() - t0
     log("e2e: train (confs/fast.conf)")
-    import shutil
-
-    shutil.rmtree(run, ignore_errors=True)
     t0 = time.perf_counter()
     overrides = {"train.iters": size["train_iters"]} if size["train_iters"] else {}
-    trained = Trainer(scan, run, fast_conf, overrides, device=torch.device("cpu"), progress=progress).run()
+    # overwrite: an earlier benchmark run is replaced; anything else in its place is refused
+    trained = Trainer(scan, run, fast_conf, overrides, device=torch.device("cpu"), progress=progress,
+                      overwrite=True).run()
     e2e["train_s"] = time.perf_counter() - t0
     e2e["train_iters"] = trained.step
     log("e2e: eval")

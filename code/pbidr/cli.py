@@ -45,10 +45,16 @@ def rig_from_args(args: argparse.Namespace):
                res=args.res, distance=args.distance, fov=args.fov, front=tuple(args.front), up=tuple(args.up))
 
 
+def add_overwrite_arg(p: argparse.ArgumentParser, stage: str) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace the output when it is a previous `pbidr {stage}` output (atomically); "
+                        "a folder holding anything else is never replaced")
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from pbidr.preprocess.sample import make_sample
 
-    info = make_sample(args.output, seed=args.seed)
+    info = make_sample(args.output, seed=args.seed, overwrite=args.overwrite)
     print(f"sample written to {Path(args.output)} ({info})" if args.verbose else f"sample written to {args.output}")
     return 0
 
@@ -57,7 +63,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from pbidr.preprocess.pipeline import preprocess
 
     meta = preprocess(args.input, args.output, rig_from_args(args), renderer=args.renderer,
-                      margin=args.margin, device=args.device, progress=not args.quiet)
+                      margin=args.margin, device=args.device, progress=not args.quiet, overwrite=args.overwrite)
     t = meta["timings"]
     print(f"scan written to {args.output}: {meta['n_views']} views at {meta['image_size'][1]}x{meta['image_size'][0]} "
           f"({meta['renderer']}, render {t['render_s']:.2f} s, total {t['total_s']:.2f} s); contact sheet "
@@ -85,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides[key.strip()] = ConfigFactory.parse_string(f"v = {value}")["v"]
     device = pick_device(args.device)
     trainer = Trainer(args.data, args.exp_dir, args.conf, overrides, device=device, resume=args.resume,
-                      progress=not args.quiet)
+                      progress=not args.quiet, overwrite=args.overwrite)
     result = trainer.run()
     state = "interrupted" if result.interrupted else "finished"
     print(f"training {state} at step {result.step}/{result.total_steps} in {result.seconds:.1f} s "
@@ -104,14 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("sample", help="write the built-in procedural face (coarse textured mesh + ground truth)")
-    p.add_argument("--output", "-o", required=True, help="folder to write (replaced atomically)")
+    p.add_argument("--output", "-o", required=True, help="folder to write (new or empty; see --overwrite)")
+    add_overwrite_arg(p, "sample")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("preprocess", help="render a textured mesh from a view rig into an IDR scan directory")
     p.add_argument("--input", "-i", required=True, help="mesh file, or folder holding mesh.obj/.ply/.glb/.gltf")
-    p.add_argument("--output", "-o", required=True, help="scan directory to write (replaced atomically)")
+    p.add_argument("--output", "-o", required=True, help="scan directory to write (new or empty; see --overwrite)")
+    add_overwrite_arg(p, "preprocess")
     p.add_argument("--renderer", default="embree", help="embree (default) or pytorch3d (optional, needs CUDA torch)")
     p.add_argument("--device", default="auto", help="device of the pytorch3d renderer: auto, cpu, cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -126,7 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--iters", type=int, default=None, help="total iterations (overrides the conf)")
     g.add_argument("--nepoch", type=int, default=None, help="total epochs, one epoch = one batch per view")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    p.add_argument("--resume", action="store_true", help="continue the run in --exp-dir from its latest checkpoint")
+    g2 = p.add_mutually_exclusive_group()
+    g2.add_argument("--resume", action="store_true",
+                    help="continue the run in --exp-dir from its latest good checkpoint (step 0 if it has none)")
+    g2.add_argument("--overwrite", action="store_true",
+                    help="start the run in --exp-dir again from scratch (only a `pbidr train` run is replaced)")
     p.add_argument("--seed", type=int, default=None, help="random seed (overrides train.seed)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any conf key, e.g. train.batch_size=512")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

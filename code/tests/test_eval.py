@@ -19,6 +19,7 @@ from pbidr.io.mesh import TexturedMesh
 from pbidr.preprocess.pipeline import preprocess
 from pbidr.preprocess.sample import make_sample
 from pbidr.training.conf import conf_to_text, parse_conf
+from pbidr.training.trainer import write_checkpoint
 
 TINY = """
 train { batch_size = 128, iters = 20, plot_freq = 0, plot_res = 32, checkpoint_freq = 10, learning_rate = 5.0e-4 }
@@ -112,7 +113,8 @@ def test_failed_eval_keeps_the_earlier_one(run_copy):
     assert not (run_copy / "eval" / "contact_sheet.png").exists()
     assert (run_copy / "eval" / "compare.png").is_file()  # no network needed: written without rendering too
     (run_copy / "checkpoints" / "latest.pt").unlink()
-    assert run_cli("--exp-dir", str(run_copy), *FAST) != 0
+    assert run_cli("--exp-dir", str(run_copy), *FAST) != 0  # refused: an earlier eval and no --overwrite
+    assert run_cli("--exp-dir", str(run_copy), "--overwrite", *FAST) != 0  # fails: no checkpoint
     assert (run_copy / "eval" / "metrics.json").read_text() == before
     assert not list(run_copy.glob(".eval*"))
 
@@ -143,7 +145,7 @@ def test_bad_inputs(run_copy, tmp_path, capsys):
     other = parse_conf(ckpt["conf"])  # the same run, but a conf with another SDF network
     other.put("model.sdf_network.dims", [48])
     ckpt["conf"] = conf_to_text(other)
-    torch.save(ckpt, ckpt_path)
+    write_checkpoint(ckpt_path, ckpt)  # with its checksum, so it is not merely "corrupt"
     assert "does not match its conf" in _error(run_copy, checkpoint=10)
 
     info = json.loads((run_copy / "run.json").read_text())

@@ -307,7 +307,9 @@ def test_rerun_replaces_its_own_output(astronaut_raw, tmp_path, capsys):
     photo, raw = astronaut_raw
     out = tmp_path / "raw"
     assert _main(["photo", "--image", str(photo), "--output", str(out), "--subdivide", "0"]) == 0
-    assert _main(["photo", "--image", str(photo), "--output", str(out), "--subdivide", "1"]) == 0
+    assert _main(["photo", "--image", str(photo), "--output", str(out), "--subdivide", "1"]) != 0  # no --overwrite
+    assert json.loads((out / "photo.json").read_text())["faces"] == 898
+    assert _main(["photo", "--image", str(photo), "--output", str(out), "--subdivide", "1", "--overwrite"]) == 0
     assert json.loads((out / "photo.json").read_text())["faces"] == 898 * 4
     assert "warning" not in capsys.readouterr().err
     _no_leftovers(tmp_path)

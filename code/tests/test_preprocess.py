@@ -75,7 +75,7 @@ def test_failed_run_keeps_earlier_scan(sphere_raw, tmp_path, capsys):
     assert main(["preprocess", "-i", str(sphere_raw), "-o", str(out), *SMALL]) == 0
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     (sphere_raw / "mesh.png").write_bytes(b"not a png")
-    _fails(capsys, ["preprocess", "-i", str(sphere_raw), "-o", str(out), *SMALL], "mesh.png")
+    _fails(capsys, ["preprocess", "-i", str(sphere_raw), "-o", str(out), "--overwrite", *SMALL], "mesh.png")
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert before == after
 

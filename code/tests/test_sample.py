@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pbidr.errors import PbidrError
 from pbidr.io.mesh import TexturedMesh
 from pbidr.preprocess import sample as S
 
@@ -58,9 +59,12 @@ def test_files_and_metadata(sample_dir):
 
 def test_same_seed_gives_identical_files_and_replaces_folder(sample_dir, tmp_path):
     again = tmp_path / "face"
-    again.mkdir()
+    S.make_sample(again, seed=1, grid=GRID, texture_size=TEX)
     (again / "stale.txt").write_text("from an earlier run")
-    S.make_sample(again, seed=0, grid=GRID, texture_size=TEX)
+    with pytest.raises(PbidrError, match="--overwrite"):  # an earlier sample is replaced only when asked
+        S.make_sample(again, seed=0, grid=GRID, texture_size=TEX)
+    assert (again / "stale.txt").exists()
+    S.make_sample(again, seed=0, grid=GRID, texture_size=TEX, overwrite=True)
     assert not (again / "stale.txt").exists()  # the folder is replaced as a whole
     names = sorted(p.name for p in sample_dir.iterdir())
     assert names == sorted(p.name for p in again.iterdir())

@@ -224,7 +224,7 @@ def test_score_module_has_no_cached_state_across_changed_samples(sample, tmp_pat
     folder = tmp_path / "s"
     make_sample(folder, grid=(40, 50), texture_size=64)
     first = score_mesh(folder / "mesh.obj", folder)["coarse_normal_error_deg"]
-    make_sample(folder, grid=(60, 75), texture_size=64)
+    make_sample(folder, grid=(60, 75), texture_size=64, overwrite=True)
     second = score_mesh(folder / "mesh.obj", folder)["coarse_normal_error_deg"]
     assert first != second
     assert score_module._reference.cache_info().currsize >= 1

@@ -105,12 +105,13 @@ def test_bad_inputs(tiny_scan, tmp_path, capsys):
     (scan2 / "image" / "003.png").unlink()
     (scan2 / "mask" / "003.png").unlink()
     _fails(capsys, main(["train", "--data", str(scan2), "--exp-dir", str(tmp_path / "r3"), "--conf", str(conf),
-                         "--quiet"]), "cameras")
+                         "--quiet"]), "2 images", "meta.json")
     # an existing run is refused without --resume, and a corrupt checkpoint is named
     run = tmp_path / "run"
     assert _train(tiny_scan, run, "--iters", "2") == 0
     capsys.readouterr()
     _fails(capsys, _train(tiny_scan, run, "--iters", "4"), "--resume")
-    (run / "checkpoints" / "latest.pt").write_bytes(b"garbage")
+    for ckpt in (run / "checkpoints").glob("*.pt"):  # every checkpoint corrupt: nothing to fall back on
+        ckpt.write_bytes(b"garbage")
     _fails(capsys, _train(tiny_scan, run, "--iters", "4", "--resume"), "latest.pt", "corrupt")
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()

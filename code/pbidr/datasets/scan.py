@@ -7,11 +7,13 @@ its (new) pixel. Rays and the coarse mesh live in the normalised frame (unit sph
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from pbidr.errors import PbidrError
 from pbidr.geometry.cameras import Camera, load_cameras_npz, pixel_rays, to_normalised
@@ -53,25 +55,96 @@ def resize_camera(cam: Camera, width: int, height: int) -> Camera:
     return Camera(K=K, R=cam.R, t=cam.t, width=width, height=height)
 
 
+def _image_size(path: Path) -> tuple[int, int]:
+    """(H, W) from the PNG header, without decoding the pixels."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except Exception as exc:  # PIL raises several types for a damaged file
+        raise PbidrError(f"{path}: unreadable image ({exc.__class__.__name__})") from None
+    return h, w
+
+
+def check_scan_files(scan_dir: Path) -> tuple[list[Path], list[Path], tuple[int, int]]:
+    """Images and masks of a scan: NNN.png numbered from 001 without gaps, one mask per image, all one
+    size, as many as meta.json says. Returns (image paths, mask paths, (H, W)); a one-line error
+    naming the first problem otherwise."""
+    image_dir, mask_dir = scan_dir / "image", scan_dir / "mask"
+    image_paths = sorted(image_dir.glob("*.png"))
+    mask_paths = sorted(mask_dir.glob("*.png"))
+    if not image_paths:
+        raise PbidrError(f"{image_dir}: no images (*.png)")
+    images, masks = {p.name for p in image_paths}, {p.name for p in mask_paths}
+    for name in sorted(masks - images):
+        raise PbidrError(f"{image_dir / name}: missing (its mask {mask_dir / name} exists); re-run preprocess")
+    for name in sorted(images - masks):
+        raise PbidrError(f"{mask_dir / name}: missing (the image {image_dir / name} has no mask); re-run preprocess")
+    for k, p in enumerate(image_paths):
+        if p.name != f"{k + 1:03d}.png":
+            raise PbidrError(f"{p}: unexpected name; views are numbered 001.png, 002.png, ... without gaps "
+                             f"(expected {k + 1:03d}.png here)")
+    meta = _read_meta(scan_dir)
+    n_meta = meta.get("n_views") if meta else None
+    if isinstance(n_meta, int) and n_meta != len(image_paths):
+        raise PbidrError(f"{image_dir}: holds {len(image_paths)} images but {scan_dir / 'meta.json'} says "
+                         f"{n_meta} views (extra or missing images); re-run preprocess")
+    hw0 = _image_size(image_paths[0])
+    for img_path, mask_path in zip(image_paths, mask_paths):
+        hw, mhw = _image_size(img_path), _image_size(mask_path)
+        if hw != hw0:
+            raise PbidrError(f"{img_path}: size {hw[1]}x{hw[0]} differs from view 1 ({hw0[1]}x{hw0[0]})")
+        if mhw != hw:
+            raise PbidrError(f"{mask_path}: mask size {mhw[1]}x{mhw[0]} differs from its image "
+                             f"{img_path.name} ({hw[1]}x{hw[0]})")
+    return image_paths, mask_paths, hw0
+
+
+def _read_meta(scan_dir: Path) -> dict | None:
+    """meta.json of a scan written by `pbidr preprocess` (None for an IDR scan without one)."""
+    path = scan_dir / "meta.json"
+    if not path.exists():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PbidrError(f"{path}: unreadable ({exc.__class__.__name__}); re-run preprocess") from None
+    if not isinstance(meta, dict):
+        raise PbidrError(f"{path}: not a scan description (expected a JSON object)")
+    return meta
+
+
+def _check_mesh_against_meta(scan_dir: Path, mesh_path: Path, mesh: TexturedMesh) -> None:
+    """The coarse mesh must still be the one the views were rendered from."""
+    meta = _read_meta(scan_dir)
+    info = meta.get("mesh") if meta else None
+    if not isinstance(info, dict):
+        return
+    for key, have in (("vertices", len(mesh.vertices)), ("faces", len(mesh.faces))):
+        want = info.get(key)
+        if isinstance(want, int) and want != have:
+            raise PbidrError(f"{mesh_path}: has {have} {key} but meta.json records {want}: the mesh changed after "
+                             "the views were rendered; re-run preprocess")
+    want_hash = info.get("sha256")
+    if isinstance(want_hash, str):
+        from pbidr.utils.atomic import file_sha256
+
+        if file_sha256(mesh_path) != want_hash:
+            raise PbidrError(f"{mesh_path}: differs from the mesh the views were rendered from (SHA-256 in "
+                             "meta.json); re-run preprocess")
+
+
 def load_scan(scan_dir: str | Path, img_res: tuple[int, int] | None = None, views: list[int] | None = None) -> ScanData:
     """Load a scan directory; ``img_res`` (H, W) resamples the images, ``views`` (0-based) selects some."""
     scan_dir = Path(scan_dir)
     if not scan_dir.is_dir():
         raise PbidrError(f"{scan_dir}: scan directory not found (run `pbidr preprocess` or script/data_process.sh)")
-    image_paths = sorted((scan_dir / "image").glob("*.png"))
-    mask_paths = sorted((scan_dir / "mask").glob("*.png"))
-    if not image_paths:
-        raise PbidrError(f"{scan_dir / 'image'}: no images (*.png)")
-    if [p.name for p in image_paths] != [p.name for p in mask_paths]:
-        raise PbidrError(f"{scan_dir}: image/ holds {len(image_paths)} images and mask/ {len(mask_paths)} masks; "
-                         "they must match one to one")
-    first = read_image(image_paths[0])
-    h0, w0 = first.shape[:2]
+    image_paths, mask_paths, (h0, w0) = check_scan_files(scan_dir)
     cameras, scale_mat = load_cameras_npz(scan_dir / "cameras.npz", len(image_paths), w0, h0)
     mesh_path = scan_dir / "mesh.obj"
     if not mesh_path.is_file():
         raise PbidrError(f"{mesh_path}: the scan's coarse mesh is missing (re-run preprocess)")
     mesh = load_mesh(mesh_path)
+    _check_mesh_against_meta(scan_dir, mesh_path, mesh)
     idx = list(range(len(image_paths))) if views is None else list(views)
     for i in idx:
         if not 0 <= i < len(image_paths):

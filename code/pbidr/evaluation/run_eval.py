@@ -382,14 +382,15 @@ def evaluate(
     render_chunk: int | None = None,
     scan_dir: str | Path | None = None,
     lipschitz: float | None = 1.5,
+    overwrite: bool = False,
 ) -> dict:
     """Evaluate one checkpoint of the run in ``exp_dir`` into ``exp_dir/eval`` (replaced as a whole).
 
     ``chunk``: points per SDF query (displacement, marching cubes); ``render_chunk``: rays per render
     chunk (default the conf's train.render_chunk). ``band``: marching-cubes band around the coarse
     mesh in world units (default 3, at most 2.5% of the normalising radius). ``views``: ``all`` or
-    1-based view numbers. ``scan_dir`` overrides the run's. Returns the metrics written to
-    metrics.json.
+    1-based view numbers. ``scan_dir`` overrides the run's. An earlier ``eval/`` is replaced only with
+    ``overwrite`` (``pbidr.utils.outputs``). Returns the metrics written to metrics.json.
     """
     import torch
     from torch.nn.utils import parametrize
@@ -399,7 +400,8 @@ def evaluate(
     from pbidr.geometry.cameras import to_normalised
     from pbidr.io.obj import write_obj, write_ply
     from pbidr.training.conf import conf_to_text
-    from pbidr.utils.atomic import save_npy, staging_dir, write_json
+    from pbidr.utils.atomic import save_npy, write_json
+    from pbidr.utils.outputs import check_output, stage_output
     from pbidr.utils.device import pick_device
     from pbidr.utils.images import write_png
 
@@ -412,6 +414,7 @@ def evaluate(
         raise PbidrError(f"--chunk {chunk}: must be positive")
 
     t0 = time.perf_counter()
+    check_output(Path(exp_dir) / EVAL_DIR, "eval", overwrite, flag="--exp-dir")
     run = load_run(exp_dir, checkpoint, scan_dir)
     exp_dir = run.exp_dir
     model = run.model.to(device).eval()
@@ -443,7 +446,7 @@ def evaluate(
     }
     notes: list[str] = []
 
-    with staging_dir(exp_dir / EVAL_DIR) as out, torch.no_grad(), parametrize.cached():
+    with stage_output(exp_dir / EVAL_DIR, "eval", overwrite, flag="--exp-dir", step=run.step) as out, torch.no_grad(), parametrize.cached():
         # 1. Displaced meshes.
         t0 = time.perf_counter()
         detail = detail_meshes(coarse, world_sdf(sdf, scale_mat, device, chunk))
@@ -580,6 +583,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                         "for an SDF far from eikonal)")
     p.add_argument("--data", default=None, metavar="SCAN_DIR",
                    help="scan directory (default: the run's, from run.json)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace DIR/eval when it holds an earlier eval (atomically)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
     return p
@@ -589,7 +594,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     m = evaluate(args.exp_dir, checkpoint=args.checkpoint, mc_resolution=args.mc_resolution, views=args.views,
                  device=args.device, chunk=args.chunk, eval_rendering=not args.no_rendering, progress=not args.quiet,
                  band=args.band, render_chunk=args.render_chunk, scan_dir=args.data,
-                 lipschitz=args.lipschitz if args.lipschitz > 0 else None)
+                 lipschitz=args.lipschitz if args.lipschitz > 0 else None, overwrite=args.overwrite)
     out = Path(args.exp_dir) / EVAL_DIR
     d = m["displacement"]["detailed_subdivided"]
     lines = [f"eval of step {m['step']} written to {out} in {m['timings']['total_s']:.1f} s",

@@ -341,7 +341,8 @@ def _load_obj(path: Path) -> TexturedMesh:
         rgb = flat[starts[:, None] + np.arange(3, 6)]
         # Colours are floats in [0, 1] by convention; some tools write 0..255.
         scale = 1.0 if (rgb.size and np.nanmax(rgb) > 1.0) else 255.0
-        vertex_colors = np.clip(np.rint(np.nan_to_num(rgb) * scale), 0, 255).astype(np.uint8)
+        with np.errstate(over="ignore", invalid="ignore"):  # 1e308 or inf in a colour: clipped below
+            vertex_colors = np.clip(np.rint(np.nan_to_num(rgb, posinf=255.0, neginf=0.0) * scale), 0, 255).astype(np.uint8)
     n_v = len(vertices)
 
     # Texture coordinates: u [v [w]].
@@ -616,12 +617,24 @@ def image_to_rgb8(img: Image.Image) -> np.ndarray:
 def load_trimesh_parts(path: Path, **load_kwargs) -> list:
     """The non-empty triangle meshes of a file read by trimesh (``process=False``; scene transforms
     applied), or a one-line PbidrError when it is unreadable or holds no faces."""
+    import logging
+    import warnings
+
     import trimesh
 
+    # trimesh logs ("unable to convert colors!") and warns about a damaged file before failing or
+    # giving up a part; the user gets our one line instead.
+    log = logging.getLogger("trimesh")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
     try:
-        loaded = trimesh.load(str(path), process=False, **load_kwargs)
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            loaded = trimesh.load(str(path), process=False, **load_kwargs)
     except Exception as exc:  # trimesh raises many types for a bad file; all mean "unreadable"
         raise PbidrError(f"{path}: cannot read the mesh ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+    finally:
+        log.setLevel(level)
     if isinstance(loaded, trimesh.Scene):
         parts = [g for g in loaded.dump(concatenate=False) if isinstance(g, trimesh.Trimesh)]
     elif isinstance(loaded, trimesh.Trimesh):

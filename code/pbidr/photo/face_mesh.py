@@ -38,7 +38,8 @@ from pbidr import __version__
 from pbidr.errors import PbidrError
 from pbidr.io.mesh import TexturedMesh
 from pbidr.io.obj import write_obj
-from pbidr.utils.atomic import staging_dir, write_json
+from pbidr.utils.atomic import write_json
+from pbidr.utils.outputs import check_output, stage_output
 from pbidr.utils.images import read_image, write_png
 
 MEDIAPIPE_VERSION = "0.10.14"
@@ -531,19 +532,12 @@ def read_photo(path: str | Path) -> np.ndarray:
     return image
 
 
-def _check_output(output: Path, image_path: Path) -> None:
-    """RAW_DIR is replaced as a whole: refuse a folder that holds anything else, or the photo itself."""
-    if output.exists() and not output.is_dir():
-        raise PbidrError(f"{output}: exists and is not a folder")
+def _check_output(output: Path, image_path: Path, overwrite: bool) -> None:
+    """RAW_DIR is replaced as a whole: refuse the photo's own folder, then apply the output policy."""
     if image_path.resolve().is_relative_to(output.resolve()):
         raise PbidrError(f"{output}: the photo {image_path} lies inside the output folder, which is replaced "
                          f"as a whole; choose another --output")
-    if output.is_dir():
-        others = sorted(p.name for p in output.iterdir() if p.name not in OUTPUT_FILES)
-        if others:
-            listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-            raise PbidrError(f"{output}: the folder holds files that are not from `pbidr photo` ({listed}); it would "
-                             f"be replaced as a whole, choose an empty or new --output")
+    check_output(output, "photo", overwrite)
 
 
 def photo_to_raw(
@@ -551,6 +545,7 @@ def photo_to_raw(
     output: str | Path,
     subdivide: int = DEFAULT_SUBDIVIDE,
     interocular_mm: float = DEFAULT_INTEROCULAR_MM,
+    overwrite: bool = False,
 ) -> dict:
     """Write RAW_DIR = ``output`` (mesh.obj/.mtl/.png, landmarks.png, photo.json) from one photo.
 
@@ -564,7 +559,7 @@ def photo_to_raw(
                          f"(at most {MAX_FACES:,}); 3 gives 57,472")
     if not interocular_mm > 0:
         raise PbidrError(f"--interocular {interocular_mm}: expected a positive distance in mm")
-    _check_output(output, image_path)
+    _check_output(output, image_path, overwrite)
     image = read_photo(image_path)
     t_read = time.perf_counter()
     landmarks = detect_landmarks(image, image_path)
@@ -592,7 +587,7 @@ def photo_to_raw(
     caption = (f"{N_LANDMARKS} landmarks, {len(photo_mesh.base_faces)} triangles (orange: "
                f"{int(photo_mesh.filled.sum())} close eyes, mouth); Loop x{subdivide}: {len(mesh.faces):,}")
     sheet = draw_landmarks(image, photo_mesh, caption)
-    with staging_dir(output) as tmp:
+    with stage_output(output, "photo", overwrite) as tmp:
         write_obj(tmp / "mesh.obj", mesh)
         write_png(tmp / "landmarks.png", sheet)
         extent = mesh.vertices.max(0) - mesh.vertices.min(0)
@@ -643,7 +638,8 @@ def _mediapipe_version() -> str:
 
 
 def cmd_photo(args: argparse.Namespace) -> int:
-    info = photo_to_raw(args.image, args.output, subdivide=args.subdivide, interocular_mm=args.interocular)
+    info = photo_to_raw(args.image, args.output, subdivide=args.subdivide, interocular_mm=args.interocular,
+                        overwrite=args.overwrite)
     t = info["timings"]
     ext = info["extent_mm"]
     print(f"photo mesh written to {args.output}: {info['landmarks']} landmarks, {info['base_triangles']} triangles "
@@ -662,7 +658,10 @@ def add_photo_parser(subparsers) -> argparse.ArgumentParser:
                     f"--input RAW_DIR`. Needs the photo extra: {INSTALL_HINT}.")
     p.add_argument("--image", "-i", required=True, metavar="PHOTO", help="face photo (JPEG, PNG, ...)")
     p.add_argument("--output", "-o", required=True, metavar="RAW_DIR",
-                   help="folder to write (replaced atomically; refused if it holds other files)")
+                   help="folder to write (new or empty; see --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace RAW_DIR when it is a previous `pbidr photo` output (atomically); a folder holding "
+                        "anything else is never replaced")
     p.add_argument("--subdivide", type=int, default=DEFAULT_SUBDIVIDE, metavar="N",
                    help=f"Loop subdivision steps, each x4 triangles (default {DEFAULT_SUBDIVIDE}: 898 -> 57,472)")
     p.add_argument("--interocular", type=float, default=DEFAULT_INTEROCULAR_MM, metavar="MM",

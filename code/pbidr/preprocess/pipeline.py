@@ -13,15 +13,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from pbidr import __version__
 from pbidr.geometry.cameras import DEFAULT_MARGIN, Rig, bounding_sphere, cameras_npz_arrays, scale_matrix
 from pbidr.io.load import find_mesh_in_dir, load_mesh
 from pbidr.io.obj import write_obj
 from pbidr.preprocess.render import make_renderer
-from pbidr.utils.atomic import save_npz, staging_dir, write_json
+from pbidr.utils.atomic import file_sha256, save_npz, write_json
+from pbidr.utils.outputs import check_output, stage_output
 from pbidr.utils.images import contact_sheet, write_png
+from pbidr.utils.progress import progress_bar
 
 SCAN_MESH = "mesh.obj"
 
@@ -34,10 +35,14 @@ def preprocess(
     margin: float = DEFAULT_MARGIN,
     device: str = "auto",
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
-    """Render ``rig``'s views of the mesh found at ``raw`` into the scan directory ``output``."""
+    """Render ``rig``'s views of the mesh found at ``raw`` into the scan directory ``output``.
+
+    An existing scan is replaced only with ``overwrite``; any other non-empty folder is refused."""
     t0 = time.perf_counter()
     rig.validate()
+    check_output(output, "preprocess", overwrite)
     mesh_path = find_mesh_in_dir(raw)
     mesh = load_mesh(mesh_path)
     warnings = list(mesh.extras.get("warnings", []))
@@ -52,13 +57,14 @@ def preprocess(
 
     output = Path(output)
     timings = {"load_s": t_load}
-    with staging_dir(output) as tmp:
+    with stage_output(output, "preprocess", overwrite) as tmp:
         (tmp / "image").mkdir()
         (tmp / "mask").mkdir()
         t_render = t_write = 0.0
         thumbs = []
         coverage = []
-        for i, cam in enumerate(tqdm(cameras, desc="render", unit="view", disable=not progress)):
+        bar = progress_bar(total=len(cameras), desc="render", unit="view", disable=not progress)
+        for i, cam in enumerate(cameras):
             t1 = time.perf_counter()
             view = backend.render(cam)
             t2 = time.perf_counter()
@@ -68,6 +74,8 @@ def preprocess(
             t_write += time.perf_counter() - t2
             thumbs.append(view.rgb[::4, ::4] if cam.width >= 512 else view.rgb)
             coverage.append(float(view.mask.mean()))
+            bar.update(1)
+        bar.close()
         save_npz(tmp / "cameras.npz", **cameras_npz_arrays(cameras, scale_mat))
         write_obj(tmp / SCAN_MESH, mesh)
         per_row = int(np.ceil(np.sqrt(len(thumbs) * 1.5)))
@@ -87,6 +95,7 @@ def preprocess(
                 "vertex_colors": mesh.vertex_colors is not None,
                 "texture_size": list(mesh.texture.shape[:2]) if mesh.texture is not None else None,
                 "file": SCAN_MESH,
+                "sha256": file_sha256(tmp / SCAN_MESH),
             },
             "normalisation": {
                 "center": center.tolist(),

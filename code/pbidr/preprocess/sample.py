@@ -29,7 +29,8 @@ from PIL import Image
 
 from pbidr.io.mesh import TexturedMesh
 from pbidr.io.obj import write_obj
-from pbidr.utils.atomic import save_npy, staging_dir, write_json
+from pbidr.utils.atomic import save_npy, write_json
+from pbidr.utils.outputs import check_output, stage_output
 
 FACE_WIDTH_MM = 150.0
 FACE_HEIGHT_MM = 200.0
@@ -360,17 +361,20 @@ def make_sample(
     seed: int = 0,
     grid: tuple[int, int] | None = None,
     texture_size: int = DEFAULT_TEXTURE_SIZE,
+    overwrite: bool = False,
 ) -> SampleInfo:
     """Write the procedural face sample into ``output_dir`` (replaced atomically, as a whole).
 
     ``grid`` is (vertices along u, vertices along v), default ``DEFAULT_GRID``; the same seed gives
-    byte-identical files.
+    byte-identical files. An existing sample folder is replaced only with ``overwrite``
+    (``pbidr.utils.outputs``); any other non-empty folder is refused.
     """
     start = time.perf_counter()
     nu, nv = grid if grid is not None else DEFAULT_GRID
     if nu < 2 or nv < 2 or texture_size < 8:
         raise ValueError(f"sample grid {nu}x{nv} / texture size {texture_size} too small")
     output_dir = Path(output_dir)
+    check_output(output_dir, "sample", overwrite)
 
     gu, gv = np.meshgrid(np.linspace(0.0, 1.0, nu), np.linspace(0.0, 1.0, nv))
     uv = np.stack([gu.reshape(-1), gv.reshape(-1)], axis=1)
@@ -385,7 +389,7 @@ def make_sample(
     detailed = mesh.with_vertices(vertices + disp[:, None] * mesh.vertex_normals())
     bbox = (tuple(float(x) for x in vertices.min(0)), tuple(float(x) for x in vertices.max(0)))
 
-    with staging_dir(output_dir) as tmp:
+    with stage_output(output_dir, "sample", overwrite, seed=int(seed)) as tmp:
         write_obj(tmp / "mesh.obj", mesh)
         write_obj(tmp / "gt_detailed.obj", detailed, texture_name="mesh.png", write_texture=False)
         save_npy(tmp / "gt_displacement.npy", disp)

@@ -27,6 +27,7 @@ train {
     nepoch = 2000                # one epoch = n_views iterations (IDR: one image per iteration)
     iters = 0                    # > 0 overrides nepoch: the total number of iterations
     checkpoint_freq = 100        # iterations between checkpoints
+    checkpoint_seconds = 60      # also a checkpoint when this many seconds passed since the last (0: off)
     keep_checkpoints = 3         # numbered checkpoints kept besides latest.pt
     plot_freq = 500              # iterations between TensorBoard / PNG renders of one view (0: only at the end)
     plot_view = 0                # 0-based view index rendered in plots
@@ -84,6 +85,7 @@ def parse_conf(text: str | None = None, source: str = "conf", overrides: dict[st
                                                    "plot_view", "plot_res", "render_chunk", "seed",
                                                    "keep_checkpoints")]
         _ = conf.get_float("train.learning_rate"), conf.get_float("train.sched_factor")
+        _ = conf.get_float("train.checkpoint_seconds")
         _ = conf.get_list("train.sched_milestones"), conf.get_list("dataset.img_res"), conf.get_list("dataset.views")
     except (ConfigException, ValueError, TypeError) as exc:
         raise PbidrError(f"{source}: {' '.join(str(exc).split())}") from None

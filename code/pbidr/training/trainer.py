@@ -5,19 +5,26 @@ Run directory layout::
     run.conf            the resolved configuration (eval reloads it)
     run.json            scan directory, device, versions, start time
     log.txt             one line per logged iteration (plain text)
-    checkpoints/        latest.pt and step_NNNNNNN.pt (atomic: temp file + rename)
+    checkpoints/        latest.pt and step_NNNNNNN.pt (atomic: temp file + rename), each with a .sha256
+    .pbidr-stage        marker: a `pbidr train` run, done or not (pbidr.utils.outputs.stage_done)
+    .lock               pid of the training writing into the folder (a second one refuses)
     plots/              step_NNNNNNN.png renders of one view (rgb / diffuse / specular / albedo / normal)
     tb/                 TensorBoard scalars and images
 
 A checkpoint holds step, model, optimiser, scheduler, alpha, every RNG state and the conf, so
-``--resume`` continues exactly where the run stopped.
+``--resume`` continues exactly where the run stopped. Checkpoints are written every
+``checkpoint_freq`` steps and every ``checkpoint_seconds`` seconds, so a kill loses at most that
+much; a checkpoint that fails its checksum or does not load is skipped for the previous numbered
+one, with a warning. A run killed before its first checkpoint resumes from step 0.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -29,7 +36,6 @@ from typing import Any
 import numpy as np
 import torch
 from pyhocon import ConfigFactory, ConfigTree
-from tqdm import tqdm
 
 from pbidr import __version__
 from pbidr.datasets.scan import RaySampler, ScanData, load_scan, resize_camera
@@ -38,11 +44,16 @@ from pbidr.evaluation.render import batch_to_device, render_camera
 from pbidr.model.pbidr_model import PBIDRModel
 from pbidr.training.conf import conf_to_text, load_conf, parse_conf
 from pbidr.training.losses import LossTerms, PBIDRLoss
-from pbidr.utils.atomic import atomic_path, write_json, write_text
+from pbidr.utils.atomic import atomic_path, file_sha256, write_json, write_text
 from pbidr.utils.images import contact_sheet, write_png
+from pbidr.utils.lock import PidLock, lock_owner
+from pbidr.utils.outputs import check_output, output_stage, write_marker
+from pbidr.utils.progress import progress_bar
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.pt"
+LOCK = ".lock"
+CHECKSUM_SUFFIX = ".sha256"
 
 
 @dataclass
@@ -68,10 +79,28 @@ def checkpoint_path(exp_dir: Path, which: str | int = "latest") -> Path:
     return ckpt_dir / f"step_{int(which):07d}.pt"
 
 
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """torch.save under a temporary name, its SHA-256 beside it, then rename into place."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+        write_text(checksum_path(path), file_sha256(tmp) + "\n")
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint on the CPU; one-line error when it is missing or corrupt."""
+    """Read a checkpoint on the CPU; one-line error when it is missing or corrupt (the checksum
+    beside it, when there is one, must match)."""
+    path = Path(path)
     if not path.is_file():
         raise PbidrError(f"{path}: checkpoint not found")
+    sidecar = checksum_path(path)
+    if sidecar.is_file():
+        want = sidecar.read_text().strip()
+        if want and file_sha256(path) != want:
+            raise PbidrError(f"{path}: corrupt checkpoint (its SHA-256 differs from {sidecar.name})")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for a truncated or foreign file
@@ -80,6 +109,27 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         if not isinstance(ckpt, dict) or key not in ckpt:
             raise PbidrError(f"{path}: not a pbidr checkpoint (no '{key}')")
     return ckpt
+
+
+def latest_good_checkpoint(exp_dir: Path, warn=None) -> tuple[dict[str, Any], Path] | None:
+    """The newest checkpoint of the run that loads: latest.pt, else the numbered ones, newest first
+    (each skipped one is reported through ``warn``). None when the run has no checkpoint at all."""
+    ckpt_dir = Path(exp_dir) / CHECKPOINT_DIR
+    candidates = [p for p in [ckpt_dir / LATEST, *sorted(ckpt_dir.glob("step_*.pt"), reverse=True)] if p.is_file()]
+    errors = []
+    for path in candidates:
+        try:
+            ckpt = load_checkpoint(path)
+        except PbidrError as err:
+            errors.append(str(err))
+            continue
+        for e in errors:
+            if warn is not None:
+                warn(f"{e}; using {path.name} (step {int(ckpt['step'])}) instead")
+        return ckpt, path
+    if errors:
+        raise PbidrError(errors[0] + ("; no earlier checkpoint is readable either" if len(errors) > 1 else ""))
+    return None
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> tuple[PBIDRModel, ConfigTree]:
@@ -137,30 +187,59 @@ def _set_rng_state(state: dict[str, Any], rng: np.random.Generator) -> None:
 
 
 def is_run_dir(exp_dir: Path) -> bool:
-    return (exp_dir / "run.conf").exists() or (exp_dir / CHECKPOINT_DIR).exists()
+    return ((exp_dir / "run.conf").exists() or (exp_dir / CHECKPOINT_DIR).exists()
+            or (exp_dir.is_dir() and output_stage(exp_dir) == "train"))
+
+
+def _warn(text: str, kind: str = "warning") -> None:
+    print(f"pbidr train: {kind}: {text}", file=sys.stderr, flush=True)
 
 
 class Trainer:
     def __init__(self, scan_dir: str | Path | None, exp_dir: str | Path, conf_path: str | Path | None = None,
                  overrides: dict[str, Any] | None = None, device: torch.device = torch.device("cpu"),
-                 resume: bool = False, progress: bool = True):
+                 resume: bool = False, progress: bool = True, overwrite: bool = False):
         self.exp_dir = Path(exp_dir)
         self.device = device
         self.progress = progress
         overrides = dict(overrides or {})
         resume_ckpt = None
+        self._replace_old_run = False
+        self._notes: list[str] = []  # printed now and written to log.txt when the run starts
+        self._log_notes: list[str] = []
+        if self.exp_dir.exists() and not self.exp_dir.is_dir():
+            check_output(self.exp_dir, "train", overwrite, flag="--exp-dir")  # refuses a file
+        owner = lock_owner(self.exp_dir / LOCK)
+        if owner is not None and owner != os.getpid():
+            raise PbidrError(f"{self.exp_dir}: another `pbidr train` (pid {owner}) is running in this run folder; "
+                             f"wait for it or stop it (lock file {self.exp_dir / LOCK})")
         if is_run_dir(self.exp_dir):
-            if not resume:
-                raise PbidrError(f"{self.exp_dir}: already holds a run; pass --resume to continue it "
-                                 "or choose another --exp-dir")
-            path = checkpoint_path(self.exp_dir)
-            resume_ckpt = load_checkpoint(path)
-            conf = parse_conf(resume_ckpt["conf"], str(path), overrides)
-            run_info = json.loads((self.exp_dir / "run.json").read_text()) if (self.exp_dir / "run.json").exists() else {}
-            scan_dir = scan_dir or run_info.get("scan_dir")
-        else:
             if resume:
-                raise PbidrError(f"{self.exp_dir}: --resume given but the directory holds no run")
+                found = latest_good_checkpoint(self.exp_dir, warn=self._note_warning)
+                try:
+                    run_info = json.loads((self.exp_dir / "run.json").read_text())
+                except (OSError, ValueError):
+                    run_info = {}
+                scan_dir = scan_dir or run_info.get("scan_dir")
+                if found is not None:
+                    resume_ckpt, path = found
+                    conf = parse_conf(resume_ckpt["conf"], str(path), overrides)
+                else:  # killed before its first checkpoint: start it again with its own conf
+                    run_conf = self.exp_dir / "run.conf"
+                    conf = load_conf(run_conf if run_conf.is_file() else conf_path, overrides)
+                    self._notes.append(f"{self.exp_dir}: the run has no checkpoint yet; starting it from step 0")
+            elif overwrite:
+                self._replace_old_run = True
+                conf = load_conf(conf_path, overrides)
+            else:
+                raise PbidrError(f"{self.exp_dir}: already holds a training run; pass --resume to continue it, "
+                                 "--overwrite to start it again, or choose another --exp-dir")
+        else:
+            check_output(self.exp_dir, "train", overwrite, flag="--exp-dir")  # refuses a foreign folder
+            if resume:
+                if not self.exp_dir.exists():
+                    raise PbidrError(f"{self.exp_dir}: --resume given but the directory holds no run")
+                self._notes.append(f"{self.exp_dir}: holds no run yet; starting it from step 0")
             conf = load_conf(conf_path, overrides)
         if scan_dir is None:
             raise PbidrError("--data SCAN_DIR is required for a new run")
@@ -198,6 +277,12 @@ class Trainer:
         self._stop_signal: int | None = None
         self.last_counts: dict[str, int] = {}
         self._tb = None
+        for note in self._notes:
+            _warn(note, "note")
+
+    def _note_warning(self, text: str) -> None:
+        _warn(text)
+        self._log_notes.append(f"warning: {text}")
 
     # -------------------------------------------------------------------------------------------
     def alpha(self) -> float:
@@ -210,15 +295,14 @@ class Trainer:
             "conf": conf_to_text(self.conf), "pbidr_version": __version__, "n_views": self.data.n_views,
         }
         latest = checkpoint_path(self.exp_dir)
-        with atomic_path(latest) as tmp:
-            torch.save(state, tmp)
-        numbered = checkpoint_path(self.exp_dir, self.step)
-        with atomic_path(numbered) as tmp:
-            torch.save(state, tmp)
+        write_checkpoint(latest, state)
+        write_checkpoint(checkpoint_path(self.exp_dir, self.step), state)
         keep = self.conf.get_int("train.keep_checkpoints")
         old = sorted(latest.parent.glob("step_*.pt"))[:-keep] if keep > 0 else []
         for p in old:
             p.unlink()
+            checksum_path(p).unlink(missing_ok=True)
+        self._last_checkpoint_t = time.perf_counter()
         return latest
 
     def _write_run_files(self) -> None:
@@ -289,11 +373,37 @@ class Trainer:
     def _on_signal(self, signum, _frame) -> None:
         self._stop_signal = signum
 
+    def _start_over(self) -> None:
+        """--overwrite on an earlier run: move it aside in one rename, start empty, delete it."""
+        trash = self.exp_dir.parent / f".{self.exp_dir.name}.old-{os.getpid()}"
+        os.replace(self.exp_dir, trash)
+        self.exp_dir.mkdir()
+        shutil.rmtree(trash, ignore_errors=True)
+
     def run(self) -> TrainResult:
+        """Train under the run folder's lock (a second training into the same folder refuses)."""
+        if self._replace_old_run:
+            self._start_over()
+            self._replace_old_run = False
+        self.exp_dir.mkdir(parents=True, exist_ok=True)
+        lock = PidLock(self.exp_dir / LOCK, "another `pbidr train`")
+        lock.acquire()
+        try:
+            for tmp in (self.exp_dir / CHECKPOINT_DIR).glob(".*.tmp*"):  # a killed run's half-written checkpoint
+                tmp.unlink(missing_ok=True)
+            return self._run_locked()
+        finally:
+            lock.release()
+
+    def _run_locked(self) -> TrainResult:
         tc = self.conf.get_config("train")
         ckpt_freq, plot_freq = tc.get_int("checkpoint_freq"), tc.get_int("plot_freq")
+        ckpt_seconds = tc.get_float("checkpoint_seconds")
         if self.step == 0:
             self._write_run_files()
+        write_marker(self.exp_dir, "train", done=False, step=self.step, total_steps=self.total_steps)
+        for note in self._log_notes + self._notes:
+            self._log(f"# {note}")
         self._log(f"# {datetime.now().isoformat(timespec='seconds')} start at step {self.step} of "
                   f"{self.total_steps} on {self.device}, {self.data.n_views} views at {self.data.hw}, "
                   f"batch {self.batch_size}")
@@ -301,8 +411,9 @@ class Trainer:
         t_start = time.perf_counter()
         start_step = self.step
         last: dict[str, float] = {}
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="it", disable=not self.progress,
-                   dynamic_ncols=True)
+        bar = progress_bar(total=self.total_steps, initial=self.step, desc="train", unit="it",
+                           disable=not self.progress)
+        self._last_checkpoint_t = time.perf_counter()
         try:
             while self.step < self.total_steps and self._stop_signal is None:
                 t0 = time.perf_counter()
@@ -336,7 +447,8 @@ class Trainer:
                         tb.add_scalar("train/rays_per_s", rays_s, self.step)
                         tb.add_scalar("train/sdf_evals_per_ray", self.last_counts["n_sdf_evals"] / self.batch_size,
                                       self.step)
-                if ckpt_freq > 0 and self.step % ckpt_freq == 0:
+                if (ckpt_freq > 0 and self.step % ckpt_freq == 0) or (
+                        ckpt_seconds > 0 and time.perf_counter() - self._last_checkpoint_t >= ckpt_seconds):
                     self.save_checkpoint()
                 if plot_freq > 0 and self.step % plot_freq == 0:
                     self.plot()
@@ -355,6 +467,8 @@ class Trainer:
                              last_losses=last, interrupted=interrupted)
         self._log(f"# {'interrupted' if interrupted else 'finished'} at step {self.step}: {seconds:.1f} s, "
                   f"{result.s_per_iter:.3f} s/it, {result.rays_per_s:.0f} rays/s")
+        write_marker(self.exp_dir, "train", done=not interrupted and self.step >= self.total_steps, step=self.step,
+                     total_steps=self.total_steps)
         if self._tb:
             self._tb.close()
         return result
