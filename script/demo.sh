@@ -59,5 +59,14 @@ echo "  input views           data/Test/scan$SCAN_ID/views.png; training plots $
 if [ "$USE_PHOTO" = 1 ]; then
     echo "  photo fit             data/raw/photo/landmarks.png (from $PHOTO)"
 else
-    echo "  score vs ground truth pbidr score --mesh $RUN/eval/detailed.obj --sample data/raw/0"
+    # eval scored detailed.obj against the sample's ground truth (metrics.json "score").
+    "$PY" - "$RUN/eval/metrics.json" <<'PYEOF'
+import json, sys
+s = json.load(open(sys.argv[1])).get("score")
+if s:
+    print(f"  score vs ground truth normal-error ratio {s['normal_error_ratio']:.3f} (coarse mesh = 1, lower is better), "
+          f"displacement correlation {s['displacement_correlation']:.3f}, RMS {s['displacement_rms_mm']:.3f} mm, "
+          f"albedo leak {s['albedo_leak']:.2f} (about 1 = none)")
+PYEOF
+    echo "  re-score any mesh    pbidr score --mesh $RUN/eval/detailed.obj --sample data/raw/0"
 fi

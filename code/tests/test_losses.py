@@ -88,6 +88,8 @@ class _FakeOutput:
         self.mesh_pull_targets = torch.randn(p, 3, generator=g).requires_grad_(requires_grad)
         self.sdf_normals = torch.randn(p, 3, generator=g).requires_grad_(requires_grad)
         self.mesh_normals_sel = torch.randn(p, 3, generator=g)
+        self.mesh_sdf = torch.randn(p, generator=g).requires_grad_(requires_grad)
+        self.residual_lowpass = torch.randn(2, generator=g).requires_grad_(requires_grad)
 
 
 def test_total_is_weighted_sum_and_conf_overrides():
@@ -104,6 +106,12 @@ def test_total_is_weighted_sum_and_conf_overrides():
     out2 = _FakeOutput()
     detached(out2, gt).total.backward()
     assert out2.mesh_pull_targets.grad is None
+    # The detail mode's terms: mean squares, weighted into the total, off by default.
+    reg = PBIDRLoss({"residual_weight": 3.0, "residual_lowpass_weight": 7.0})(out2, gt)
+    torch.testing.assert_close(reg.residual, (out2.mesh_sdf ** 2).mean())
+    torch.testing.assert_close(reg.residual_lowpass, (out2.residual_lowpass ** 2).mean())
+    plain = PBIDRLoss()(out2, gt)
+    torch.testing.assert_close(reg.total - plain.total, 3.0 * reg.residual + 7.0 * reg.residual_lowpass)
     with pytest.raises(PbidrError):
         PBIDRLoss({"mask_wieght": 1.0})
     with pytest.raises(ValueError):

@@ -138,6 +138,7 @@ def extract_level_set(
     min_block: int = 2,
     lipschitz: float | None = 1.5,
     progress: bool = False,
+    off_surface_tolerance: float | None = None,
 ) -> LevelSet:
     """Zero level set of ``sdf`` ((N, 3) tensor -> (N,) tensor, normalised frame) on a grid of
     ``resolution`` cells along the longest axis of ``bounds`` (any integer >= 8).
@@ -150,7 +151,10 @@ def extract_level_set(
     turns this off, which without a guide means a dense grid (memory grows as resolution^3).
     ``block``: cells per marching-cubes block; ``min_block``: the finest pruning block.
     ``chunk``: points per SDF call. ``device``: where query tensors live (default: the device of
-    the SDF module's parameters, else CPU). Raises PbidrError when no surface is found.
+    the SDF module's parameters, else CPU). ``off_surface_tolerance`` (in cells): drop triangles
+    with a vertex where ``|sdf| >`` that many cells: a sign change without a zero crossing (the
+    coarse-residual SDF flips sign beyond an open mesh border) makes such triangles, a true crossing
+    does not. Raises PbidrError when no surface is found.
     """
     t0 = time.perf_counter()
     grid = make_grid(resolution, bounds)
@@ -188,6 +192,13 @@ def extract_level_set(
 
     coarse = np.unique(corners // block, axis=0) if len(corners) else np.zeros((0, 3), np.int64)
     vertices, faces = _mesh_blocks(grid, nodes, values, coarse, block)
+    n_off_surface = 0
+    if off_surface_tolerance is not None and len(faces):
+        at_vertices = evaluate.points(grid.position(vertices))
+        bad = np.abs(at_vertices) > off_surface_tolerance * grid.voxel
+        drop = bad[faces].any(axis=1)
+        n_off_surface = int(drop.sum())
+        vertices, faces = _compact(vertices, faces[~drop])
     if len(faces) == 0:
         raise PbidrError(
             f"marching cubes: no zero level set found at resolution {resolution} "
@@ -207,8 +218,17 @@ def extract_level_set(
         "origin": grid.origin.tolist(),
         "n_blocks": int(len(coarse)),
         "n_nodes": int(len(nodes)),
+        "n_faces_off_surface_dropped": n_off_surface,
     }
     return LevelSet(vertices=grid.position(vertices), faces=faces, stats=stats)
+
+
+def _compact(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop the vertices no face uses and renumber the faces."""
+    used = np.unique(faces)
+    remap = np.full(len(vertices), -1, np.int64)
+    remap[used] = np.arange(len(used))
+    return vertices[used], remap[faces]
 
 
 def _node_band(band: float, grid: _Grid) -> float:

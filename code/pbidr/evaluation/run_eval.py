@@ -122,7 +122,8 @@ def detail_meshes(coarse: TexturedMesh, sdf_world: Callable[[np.ndarray], np.nda
 
 def level_set_world(sdf: SdfFn, coarse: TexturedMesh, scale_mat: np.ndarray, resolution: int = 512,
                     band: float = DEFAULT_BAND, device: torch.device | str = "cpu", chunk: int = DEFAULT_CHUNK,
-                    lipschitz: float | None = 1.5, progress: bool = False, guide_spacing: float = 0.5) -> LevelSet:
+                    lipschitz: float | None = 1.5, progress: bool = False, guide_spacing: float = 0.5,
+                    off_surface_tolerance: float | None = None) -> LevelSet:
     """Marching cubes of ``sdf`` (normalised frame) within ``band`` (world units) of ``coarse`` (world
     frame), on ``resolution`` cells along the longest side of the coarse mesh's bounding box padded by
     the band. ``guide_spacing``: spacing of the coarse-mesh samples the band is measured from, as a
@@ -145,7 +146,7 @@ def level_set_world(sdf: SdfFn, coarse: TexturedMesh, scale_mat: np.ndarray, res
     rss_before = peak_rss_mb()
     ls = extract_level_set(sdf, resolution=resolution, bounds=(lo, hi), guide_points=guide,
                            band=band_n + spacing / 2.0, chunk=chunk, device=device, lipschitz=lipschitz,
-                           progress=progress)
+                           progress=progress, off_surface_tolerance=off_surface_tolerance)
     stats = dict(ls.stats)
     stats.update({
         "resolution": int(resolution), "band": float(band), "band_normalised": band_n,
@@ -156,6 +157,15 @@ def level_set_world(sdf: SdfFn, coarse: TexturedMesh, scale_mat: np.ndarray, res
         "peak_rss_mb_before": rss_before, "peak_rss_mb_after": peak_rss_mb(),
     })
     return LevelSet(vertices=to_world(ls.vertices, scale_mat), faces=ls.faces, stats=stats)
+
+
+def band_for_displacement(displacement: np.ndarray, minimum: float, voxel: float, margin: float = 1.25) -> float:
+    """Marching-cubes band (world units) that holds the SDF surface measured at the coarse vertices:
+    ``margin`` x the largest |displacement| plus two voxels (a crossing cell's corners lie up to a
+    cell diagonal from the surface), and never less than ``minimum``."""
+    d = np.asarray(displacement, dtype=np.float64)
+    largest = float(np.max(np.abs(d[np.isfinite(d)]))) if np.isfinite(d).any() else 0.0
+    return max(float(minimum), margin * largest + 2.0 * float(voxel))
 
 
 def peak_rss_mb() -> float:
@@ -228,15 +238,32 @@ def framing_camera(camera: Camera, points: np.ndarray, height: int = COMPARE_PAN
 
 
 def compare_image(coarse_n: TexturedMesh, detailed_n: TexturedMesh, camera: Camera,
-                  height: int = COMPARE_PANEL) -> np.ndarray:
+                  height: int = COMPARE_PANEL, truth_n: TexturedMesh | None = None) -> np.ndarray:
     """Clay renders of the coarse and the detailed mesh (normalised frame) side by side, each under a
-    title bar (uint8 RGB)."""
+    title bar (uint8 RGB); a third panel shows ``truth_n`` (the built-in sample's true detailed mesh)."""
     from pbidr.evaluation.shaded import render_shaded, side_by_side
 
     cam = framing_camera(camera, coarse_n.vertices, height)
-    panels = [_title_bar(render_shaded(coarse_n.vertices, coarse_n.faces, cam), "coarse (input mesh)"),
-              _title_bar(render_shaded(detailed_n.vertices, detailed_n.faces, cam), "detailed (SDF displacement)")]
-    return side_by_side(panels)
+    meshes = [(coarse_n, "coarse (input mesh)"), (detailed_n, "detailed (SDF displacement)")]
+    if truth_n is not None:
+        meshes.append((truth_n, "ground truth (built-in sample)"))
+    return side_by_side([_title_bar(render_shaded(m.vertices, m.faces, cam), title) for m, title in meshes])
+
+
+def sample_source(scan_dir: Path) -> Path | None:
+    """The built-in sample folder a scan was made from (its meta.json's input, next to a sample.json
+    written by ``pbidr sample`` and a gt_detailed.obj), else None."""
+    from pbidr.evaluation.score import SAMPLE_GENERATOR
+
+    try:
+        source = Path(json.loads((scan_dir / "meta.json").read_text())["input"])
+        folder = source if source.is_dir() else source.parent
+        info = json.loads((folder / "sample.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if info.get("generator") != SAMPLE_GENERATOR or not (folder / "gt_detailed.obj").is_file():
+        return None
+    return folder
 
 
 def _title_bar(image: np.ndarray, text: str) -> np.ndarray:
@@ -432,6 +459,7 @@ def evaluate(
     s = _uniform_scale(scale_mat)
     model.attach_coarse_mesh(to_normalised(coarse.vertices, scale_mat), coarse.faces, coarse.vertex_normals())
     model.set_step(run.step)
+    band_given = band is not None
     if band is None:
         band = min(DEFAULT_BAND, 0.025 * s)
     train_views = conf.get_list("dataset.views") or list(range(n_images))
@@ -455,6 +483,10 @@ def evaluate(
                   write_texture=False)
         save_npy(out / "displacement.npy", detail.displacement.astype(np.float32))
         save_npy(out / "displacement_subdivided.npy", detail.displacement_subdivided.astype(np.float32))
+        if not band_given:  # size the band from what the SDF actually does at the coarse vertices
+            extent = float(np.max(np.ptp(np.asarray(coarse.vertices, dtype=np.float64), axis=0)))
+            band = band_for_displacement(np.concatenate([detail.displacement, detail.displacement_subdivided]),
+                                         band, extent / mc_resolution)
         outside = float(np.mean(np.abs(detail.displacement) > band))
         metrics["displacement"] = {"detailed": displacement_stats(detail.displacement),
                                    "detailed_subdivided": displacement_stats(detail.displacement_subdivided),
@@ -467,7 +499,10 @@ def evaluate(
         # 2. Marching cubes in the band.
         t0 = time.perf_counter()
         try:
-            ls = level_set_world(sdf, coarse, scale_mat, mc_resolution, band, device, chunk, lipschitz, progress)
+            # The coarse-residual SDF changes sign beyond an open border without crossing zero.
+            tolerance = 0.5 if model.needs_coarse_mesh else None
+            ls = level_set_world(sdf, coarse, scale_mat, mc_resolution, band, device, chunk, lipschitz, progress,
+                                 off_surface_tolerance=tolerance)
             write_ply(out / "sdf_mc.ply", ls.vertices, ls.faces)
             metrics["marching_cubes"] = ls.stats
         except PbidrError as err:  # no surface in the band: the other outputs still stand
@@ -490,8 +525,21 @@ def evaluate(
         coarse_n = coarse.with_vertices(to_normalised(coarse.vertices, scale_mat))
         detailed_n = detail.detailed_subdivided.with_vertices(
             to_normalised(detail.detailed_subdivided.vertices, scale_mat))
-        write_png(out / "compare.png", compare_image(coarse_n, detailed_n, cam_of[front]))
-        metrics["compare"] = {"view": front + 1, "panel_height": COMPARE_PANEL}
+        sample = sample_source(run.scan_dir)
+        truth_n = None
+        if sample is not None:
+            from pbidr.io.load import load_mesh
+
+            truth = load_mesh(sample / "gt_detailed.obj")
+            truth_n = truth.with_vertices(to_normalised(truth.vertices, scale_mat))
+        write_png(out / "compare.png", compare_image(coarse_n, detailed_n, cam_of[front], truth_n=truth_n))
+        metrics["compare"] = {"view": front + 1, "panel_height": COMPARE_PANEL,
+                              "ground_truth_panel": sample is not None}
+        if sample is not None:  # the built-in sample knows its true detail: score against it
+            from pbidr.evaluation.score import score_mesh
+
+            metrics["score"] = score_mesh(out / "detailed.obj", sample)
+            metrics["score"]["mesh"] = "detailed.obj"
         timings["compare_s"] = time.perf_counter() - t0
 
         # 5. Renders, decomposition and PSNR.
@@ -576,8 +624,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                    help="rays per render chunk (default: the conf's train.render_chunk)")
     p.add_argument("--no-rendering", action="store_true", help="skip the network renders, contact sheet and PSNR")
     p.add_argument("--band", type=float, default=None, metavar="MM",
-                   help=f"marching-cubes band around the coarse mesh in world units (default {DEFAULT_BAND:g} mm, "
-                        "at most 2.5%% of the face's radius)")
+                   help=f"marching-cubes band around the coarse mesh in world units (default: 1.25 x the largest "
+                        f"measured displacement + 2 voxels, at least {DEFAULT_BAND:g} mm or 2.5%% of the face's "
+                        "radius, whichever is smaller)")
     p.add_argument("--lipschitz", type=float, default=1.5, metavar="L",
                    help="marching cubes skips blocks where |sdf| > L x half their diagonal (default 1.5; 0: off, "
                         "for an SDF far from eikonal)")
@@ -607,6 +656,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     r = m["rendering"]
     if "psnr_mean" in r:
         lines.append(f"  masked PSNR: mean {r['psnr_mean']:.2f} dB over {len(r['views'])} views")
+    if "score" in m:
+        sc = m["score"]
+        lines.append(f"  score vs the sample's ground truth: normal-error ratio {sc['normal_error_ratio']:.3f} "
+                     f"(< 1 beats the coarse mesh), displacement correlation {sc['displacement_correlation']:.3f}, "
+                     f"RMS {sc['displacement_rms_mm']:.3f} mm, albedo leak {sc['albedo_leak']:.2f}")
     for note in m["notes"]:
         lines.append(f"  note: {note}")
     lines.append(f"  open {out / 'compare.png'} first")

@@ -86,6 +86,10 @@ model {
         n_front_steps = 10
         n_steps_outside = 16
         n_refine_outside = 4
+        # mesh mode: false = rays the band does not resolve are misses (no faithful tracer), and no
+        # min-SDF search outside the mask (only the mask loss needs it); for coarse_residual.
+        fallback = true
+        search_outside = true
     }
     # Uniform eikonal samples per ray, in the cube [-r, r]^3 (r = object_bounding_sphere); the traced
     # points of all rays are eikonal samples too. IDR: 0.5.
@@ -99,6 +103,12 @@ model {
     # 512-wide network, and cut a faithful-tracer training step of a 256-wide one from 0.49 to 0.34 s.
     # A GPU may prefer larger chunks.
     sdf_chunk = 8192
+    # coarse_residual: the loss's residual_lowpass term averages the residual over discs of this
+    # radius (normalised units) around this many coarse-mesh hits per batch, from this many samples
+    # per disc (0 points: off).
+    residual_lowpass_radius = 0.05
+    residual_lowpass_points = 0
+    residual_lowpass_samples = 8
 }
 """
 
@@ -112,6 +122,11 @@ loss {
     mesh_pull_norm = l2sq        # l2sq (original) | l2 | l1
     mesh_pull_detach_target = false   # the original compares against the (detached) traced point
     normal_weight = 1.0
+    # Detail mode regularisers: mean squared SDF at the coarse-mesh hits (the residual there) and
+    # mean squared local mean of the residual (model.residual_lowpass_*): keeps low frequencies
+    # where the coarse mesh has them.
+    residual_weight = 0.0
+    residual_lowpass_weight = 0.0
     alpha = 50.0
     alpha_factor = 2.0
     alpha_milestones = [250, 500, 750, 1000, 1250]

@@ -125,7 +125,7 @@ def trace_rays_mesh_guided(
             found[rays] = True
 
     # ---- faithful fallback: the rest of the mask rays (all unresolved rays in evaluation)
-    fallback = obj & ~found
+    fallback = obj & ~found if cfg.fallback else torch.zeros_like(found)
     n_fallback_evals = 0
     if fallback.any():
         idx = fallback.nonzero().squeeze(-1)
@@ -146,6 +146,9 @@ def trace_rays_mesh_guided(
         left_out = outside & ~crosses
         dists = torch.where(left_out, -(dirs * origins).sum(-1), dists)
         search = outside & crosses
+        if not cfg.search_outside:  # no min-SDF point: the mesh depth where there is one, else the near end
+            dists = torch.where(search, torch.where(has_band, depth, near), dists)
+            search = torch.zeros_like(search)
         if search.any():
             frac = _stratified_fractions(cfg.n_steps_outside, generator, dtype, device)
             for group in (search & has_band, search & ~has_band):

@@ -87,6 +87,9 @@ class ModelOutput:
     n_sdf_evals: points the ray tracer evaluated (no grad).
     n_sdf_grad_evals: points evaluated with gradients in the training pass.
     n_trace_fallback: rays the mesh-guided tracer handed to the faithful one (0 in IDR mode).
+    mesh_sdf: (P,) SDF at the coarse-mesh hits (the residual r there in coarse_residual mode).
+    residual_lowpass: (M,) local mean of the residual over discs of radius residual_lowpass_radius
+        around M of those hits (empty unless residual_lowpass_points > 0 in coarse_residual mode).
     """
 
     rgb: torch.Tensor
@@ -108,6 +111,8 @@ class ModelOutput:
     n_sdf_evals: int
     n_sdf_grad_evals: int
     n_trace_fallback: int = 0
+    mesh_sdf: Optional[torch.Tensor] = None
+    residual_lowpass: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -205,6 +210,9 @@ class PBIDRModel(nn.Module):
         self.eikonal_uniform_ratio = conf.get_float("eikonal_uniform_ratio")
         self.second_surface_pass = conf.get_bool("second_surface_pass")
         self.sdf_chunk = conf.get_int("sdf_chunk")
+        self.lowpass_radius = conf.get_float("residual_lowpass_radius")
+        self.lowpass_samples = conf.get_int("residual_lowpass_samples")
+        self.lowpass_points = conf.get_int("residual_lowpass_points")
 
     # ------------------------------------------------------------------ coarse mesh and schedules
     @property
@@ -310,6 +318,7 @@ class PBIDRModel(nn.Module):
         mesh_grad = grad[n + n_uniform :]
         pulled = mesh_points - mesh_grad * mesh_sdf.unsqueeze(-1)
         pull_in_surface = pull_mask[surf_idx]
+        lowpass = self._residual_lowpass(mesh_points, batch.mesh_normals[pull_mask])
 
         return ModelOutput(
             rgb=_scatter(n, surf_idx, shading.rgb),
@@ -331,7 +340,31 @@ class PBIDRModel(nn.Module):
             n_sdf_evals=trace.n_sdf_evals,
             n_sdf_grad_evals=all_points.shape[0] + (surf_idx.numel() if self.second_surface_pass else 0),
             n_trace_fallback=trace.n_fallback,
+            mesh_sdf=mesh_sdf,
+            residual_lowpass=lowpass,
         )
+
+    def _residual_lowpass(self, points: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
+        """Local mean of the residual around up to ``residual_lowpass_points`` of ``points`` (P, 3) on
+        the coarse mesh (unit ``normals`` (P, 3)): the centre and ``residual_lowpass_samples`` points
+        drawn uniformly in the tangent disc of radius ``residual_lowpass_radius`` (projected back
+        onto the mesh by the residual SDF). Penalising it keeps mm-scale drift out of the residual
+        while leaving detail whose local mean is ~0 (wrinkles, bumps) free."""
+        if not (self.needs_coarse_mesh and self.lowpass_points > 0 and self.lowpass_samples > 0) or len(points) == 0:
+            return points.new_zeros(0)
+        m = min(self.lowpass_points, points.shape[0])
+        pick = torch.randperm(points.shape[0], device=points.device)[:m]
+        p, n = points[pick], normals[pick]
+        helper = torch.where(n[:, :1].abs() < 0.9, torch.tensor([1.0, 0.0, 0.0], device=p.device, dtype=p.dtype),
+                             torch.tensor([0.0, 1.0, 0.0], device=p.device, dtype=p.dtype))
+        t1 = F.normalize(torch.cross(n, helper, dim=-1), dim=-1)
+        t2 = torch.cross(n, t1, dim=-1)
+        k = self.lowpass_samples
+        radius = self.lowpass_radius * torch.sqrt(torch.rand(m, k, 1, device=p.device, dtype=p.dtype))
+        angle = 2.0 * torch.pi * torch.rand(m, k, 1, device=p.device, dtype=p.dtype)
+        offsets = radius * (torch.cos(angle) * t1[:, None] + torch.sin(angle) * t2[:, None])
+        disc = torch.cat([p[:, None], p[:, None] + offsets], dim=1).reshape(-1, 3)
+        return self.sdf_network.residual_at(disc).reshape(m, k + 1).mean(dim=1)
 
     # ------------------------------------------------------------------ evaluation render
     @torch.no_grad()

@@ -29,7 +29,11 @@ class RayTracerConfig:
     ``pbidr.model.mesh_guided_tracing``): ``band`` half-width of the search band around the coarse
     mesh's hit (normalised units), ``band_steps`` samples over it, ``n_front_steps`` sphere-tracing
     steps that check for a surface in front of the band (0: no check), ``n_steps_outside`` stratified
-    samples and ``n_refine_outside`` bracket-halving steps of the min-SDF search on out-of-mask rays."""
+    samples and ``n_refine_outside`` bracket-halving steps of the min-SDF search on out-of-mask rays;
+    ``fallback = false`` makes rays the band does not resolve misses instead of handing them to the
+    faithful tracer, and ``search_outside = false`` skips the min-SDF search (only the mask loss uses
+    it): both for an SDF known to stay within the band of the coarse mesh (the coarse_residual
+    parameterisation), where they cost most of the tracer's evaluations and find nothing."""
 
     object_bounding_sphere: float = 1.0
     sdf_threshold: float = 5.0e-5
@@ -44,6 +48,8 @@ class RayTracerConfig:
     n_front_steps: int = 10
     n_steps_outside: int = 16
     n_refine_outside: int = 4
+    fallback: bool = True
+    search_outside: bool = True
 
     MODES = ("idr", "mesh")
 
@@ -72,6 +78,11 @@ class RayTracerConfig:
             if f.name in data:
                 if isinstance(f.default, str):
                     kwargs[f.name] = str(data[f.name])
+                elif isinstance(f.default, bool):
+                    value = data[f.name]
+                    if not isinstance(value, bool):
+                        raise ValueError(f"ray_tracer.{f.name} must be true or false, got {value!r}")
+                    kwargs[f.name] = value
                 elif isinstance(f.default, int):
                     kwargs[f.name] = int(data[f.name])
                 else:

@@ -29,6 +29,8 @@ class LossTerms:
     mask: torch.Tensor
     mesh_pull: torch.Tensor
     normal: torch.Tensor
+    residual: torch.Tensor
+    residual_lowpass: torch.Tensor
 
     def as_floats(self) -> dict[str, float]:
         return {k: float(v.detach()) for k, v in self.__dict__.items()}
@@ -94,6 +96,13 @@ def normal_loss(sdf_normals: torch.Tensor, mesh_normals: torch.Tensor) -> torch.
     return (1.0 - F.cosine_similarity(sdf_normals, mesh_normals, dim=-1)).mean()
 
 
+def _mean_square(x: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """mean(x^2), 0 for an empty or missing x."""
+    if x is None or x.numel() == 0:
+        return like.new_zeros(())
+    return (x * x).mean()
+
+
 class PBIDRLoss(nn.Module):
     """Built from the ``loss`` conf block (defaults in ``conf_defaults.DEFAULT_LOSS_CONF``).
 
@@ -112,6 +121,8 @@ class PBIDRLoss(nn.Module):
         self.mesh_pull_norm = conf.get_string("mesh_pull_norm")
         self.mesh_pull_detach_target = conf.get_bool("mesh_pull_detach_target")
         self.normal_weight = conf.get_float("normal_weight")
+        self.residual_weight = conf.get_float("residual_weight")
+        self.residual_lowpass_weight = conf.get_float("residual_lowpass_weight")
         self.alpha_init = conf.get_float("alpha")
         self.alpha_factor = conf.get_float("alpha_factor")
         self.alpha_milestones = [int(m) for m in conf.get_list("alpha_milestones")]
@@ -131,11 +142,16 @@ class PBIDRLoss(nn.Module):
         targets = out.mesh_pull_targets.detach() if self.mesh_pull_detach_target else out.mesh_pull_targets
         pull = mesh_pull_loss(out.mesh_pull_points, targets, self.mesh_pull_norm)
         normal = normal_loss(out.sdf_normals, out.mesh_normals_sel)
+        residual = _mean_square(out.mesh_sdf, rgb)
+        lowpass = _mean_square(out.residual_lowpass, rgb)
         total = (
             self.rgb_weight * rgb
             + self.eikonal_weight * eik
             + self.mask_weight * mask
             + self.mesh_pull_weight * pull
             + self.normal_weight * normal
+            + self.residual_weight * residual
+            + self.residual_lowpass_weight * lowpass
         )
-        return LossTerms(total=total, rgb=rgb, eikonal=eik, mask=mask, mesh_pull=pull, normal=normal)
+        return LossTerms(total=total, rgb=rgb, eikonal=eik, mask=mask, mesh_pull=pull, normal=normal,
+                         residual=residual, residual_lowpass=lowpass)

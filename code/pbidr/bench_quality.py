@@ -1,0 +1,193 @@
+"""``pbidr bench quality``: detail quality against the built-in sample's ground truth, over seeds,
+conf variants (the ablation's levers) and training time.
+
+For every (variant, seed): ``pbidr sample --seed S`` -> preprocess (17 views at 1024²) -> train
+(one subprocess per run, ``--jobs`` at a time, each with ``--threads`` torch threads) -> for every
+step in ``--curve`` (and the last): the coarse mesh displaced by the checkpoint's SDF
+(``detailed.obj``, exactly as eval writes it) scored with ``pbidr score``. Results go to
+``OUT/quality.json`` and a Markdown table ``OUT/quality.md``; nothing here is a timed unit test.
+
+Variants are conf overrides on top of ``--conf`` (default confs/fast.conf): ``VARIANTS`` holds the
+ablation's levers, each switching one choice of the detail mode off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pbidr.utils.atomic import write_json, write_text
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Each lever of the detail mode switched off (relative to confs/fast.conf).
+VARIANTS: dict[str, dict[str, object]] = {
+    "full": {},
+    "sphere_init": {"model.sdf_network.parameterisation": "sphere", "model.ray_tracer.fallback": True,
+                    "model.ray_tracer.search_outside": True, "model.ray_tracer.band": 0.05,
+                    "model.ray_tracer.band_steps": 10, "loss.mask_weight": 100.0},
+    "res256": {"dataset.img_res": [256, 256]},
+    "no_lowpass": {"loss.residual_lowpass_weight": 0.0},
+    "no_coarse_to_fine": {"model.sdf_network.coarse_to_fine_iters": 0},
+    "diffuse_coarse_normal": {"model.diffuse_normal": "coarse"},
+}
+
+
+def _override_args(overrides: dict[str, object]) -> list[str]:
+    args = []
+    for key, value in overrides.items():
+        text = json.dumps(value) if not isinstance(value, str) else value
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        args += ["--set", f"{key}={text}"]
+    return args
+
+
+def prepare_scan(root: Path, seed: int, res: int) -> tuple[Path, Path]:
+    """Sample folder and scan folder of one seed (made once, reused)."""
+    from pbidr.geometry.cameras import Rig
+    from pbidr.preprocess.pipeline import preprocess
+    from pbidr.preprocess.sample import make_sample
+
+    raw, scan = root / f"raw{seed}", root / f"scan{seed}_{res}"
+    if not (raw / "sample.json").is_file():
+        make_sample(raw, seed=seed)
+    if not (scan / "cameras.npz").is_file():
+        preprocess(raw, scan, Rig(res=res), progress=False)
+    return raw, scan
+
+
+def score_checkpoint(exp_dir: Path, step: int | str, sample_dir: Path, out_obj: Path) -> dict:
+    """Displace the coarse mesh by the checkpoint's SDF (eval's detailed.obj) and score it."""
+    import torch
+    from torch.nn.utils import parametrize
+
+    from pbidr.datasets.scan import load_scan
+    from pbidr.evaluation.displacement import displace_along_normals
+    from pbidr.evaluation.run_eval import load_run, world_sdf
+    from pbidr.evaluation.score import score_mesh
+    from pbidr.geometry.cameras import to_normalised
+    from pbidr.io.obj import write_obj
+
+    run = load_run(exp_dir, step)
+    model = run.model.eval()
+    data = load_scan(run.scan_dir, (8, 8), [0])
+    model.attach_coarse_mesh(to_normalised(data.mesh.vertices, data.scale_mat), data.mesh.faces,
+                             data.mesh.vertex_normals())
+    model.set_step(run.step)
+    with torch.no_grad(), parametrize.cached():
+        detailed, _ = displace_along_normals(data.mesh, world_sdf(model.sdf_network.sdf, data.scale_mat))
+    write_obj(out_obj, detailed, write_texture=False)
+    result = score_mesh(out_obj, sample_dir)
+    return {k: result[k] for k in ("normal_error_ratio", "displacement_correlation", "displacement_rms_mm",
+                                   "albedo_leak")} | {"step": run.step}
+
+
+def run_quality(out: Path, seeds: list[int], variants: list[str], iters: int, curve: list[int], conf: Path,
+                jobs: int, threads: int, res: int, device: str, extra: list[str]) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    scans = {s: prepare_scan(out, s, res) for s in seeds}
+    runs = [(v, s) for v in variants for s in seeds]
+    steps = sorted({c for c in curve if 0 < c < iters} | {iters})
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    pending, active, results = list(runs), {}, {}
+    t_start = time.perf_counter()
+    while pending or active:
+        while pending and len(active) < jobs:
+            variant, seed = pending.pop(0)
+            exp = out / "runs" / f"{variant}_seed{seed}"
+            if exp.exists():
+                shutil.rmtree(exp)  # this benchmark's own run folder
+            cmd = [sys.executable, "-m", "pbidr.cli", "train", "--data", str(scans[seed][1]), "--exp-dir", str(exp),
+                   "--conf", str(conf), "--iters", str(iters), "--device", device, "--quiet",
+                   "--set", "train.plot_freq=0", "--set", f"train.keep_checkpoints={len(steps) + 1}",
+                   "--set", "train.checkpoint_seconds=0",
+                   "--set", f"train.checkpoint_freq={math.gcd(*steps)}",  # a checkpoint at every curve step
+                   *_override_args(VARIANTS[variant]), *extra]
+            (out / "runs").mkdir(exist_ok=True)
+            log = open(out / "runs" / f"{variant}_seed{seed}.log", "w")
+            active[(variant, seed)] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), time.perf_counter(), exp, log)
+        time.sleep(2.0)
+        for key, (proc, t0, exp, log) in list(active.items()):
+            if proc.poll() is None:
+                continue
+            seconds = time.perf_counter() - t0
+            log.close()
+            del active[key]
+            variant, seed = key
+            entry: dict = {"variant": variant, "seed": seed, "train_wall_s": seconds, "returncode": proc.returncode}
+            if proc.returncode == 0:
+                entry["s_per_iter"] = _s_per_iter(exp)
+                entry["curve"] = [score_checkpoint(exp, c, scans[seed][0], exp / f"detailed_{c}.obj") for c in steps]
+                entry.update(entry["curve"][-1])
+            results[f"{variant}_seed{seed}"] = entry
+            print(f"[quality] {variant} seed {seed}: " + (
+                f"ratio {entry['normal_error_ratio']:.3f} corr {entry['displacement_correlation']:.3f} "
+                f"rms {entry['displacement_rms_mm']:.3f} mm leak {entry['albedo_leak']:.2f} "
+                f"({entry['s_per_iter']:.3f} s/it)" if proc.returncode == 0 else f"FAILED (rc {proc.returncode})"),
+                flush=True)
+    from pbidr.bench import machine_info
+
+    report = {"machine": machine_info(), "seeds": seeds, "variants": {v: VARIANTS[v] for v in variants},
+              "iters": iters, "curve_steps": steps, "threads_per_run": threads, "jobs": jobs, "res": res,
+              "conf": str(conf), "extra": extra, "wall_s": time.perf_counter() - t_start, "runs": results}
+    write_json(out / "quality.json", report)
+    write_text(out / "quality.md", markdown(report))
+    return report
+
+
+def _s_per_iter(exp: Path) -> float | None:
+    for line in reversed((exp / "log.txt").read_text().splitlines()):
+        if "s/it" in line and line.startswith("# finished"):
+            return float(line.split(" s/it")[0].split(",")[-1])
+    return None
+
+
+def markdown(report: dict) -> str:
+    lines = ["| variant | seed | ratio | correlation | RMS (mm) | leak | s/it |", "|---|---|---|---|---|---|---|"]
+    for e in report["runs"].values():
+        if e.get("returncode") != 0:
+            lines.append(f"| {e['variant']} | {e['seed']} | failed | | | | |")
+            continue
+        lines.append(f"| {e['variant']} | {e['seed']} | {e['normal_error_ratio']:.3f} | "
+                     f"{e['displacement_correlation']:.3f} | {e['displacement_rms_mm']:.3f} | {e['albedo_leak']:.2f} | "
+                     f"{e['s_per_iter']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pbidr.bench_quality", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="work folder (samples, scans, runs, quality.json)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--variants", default="full", help=f"comma-separated, from {', '.join(VARIANTS)}")
+    p.add_argument("--iters", type=int, default=None, help="training iterations (default: the conf's)")
+    p.add_argument("--curve", default="", help="also score these steps, e.g. 300,600,1500")
+    p.add_argument("--conf", default=str(REPO / "confs" / "fast.conf"))
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    p.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    p.add_argument("--res", type=int, default=1024, help="preprocess resolution")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--set", action="append", default=[], help="extra conf override for every run")
+    args = p.parse_args(argv)
+    from pbidr.training.conf import load_conf
+
+    bad = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if bad:
+        p.error(f"unknown variants {bad}; known: {list(VARIANTS)}")
+    iters = args.iters or load_conf(args.conf).get_int("train.iters")
+    extra = [a for s in args.set for a in ("--set", s)]
+    run_quality(Path(args.out), [int(s) for s in args.seeds.split(",")], args.variants.split(","), iters,
+                [int(c) for c in args.curve.split(",") if c], Path(args.conf), args.jobs, args.threads, args.res,
+                args.device, extra)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
