@@ -27,22 +27,30 @@ from pbidr.utils.atomic import write_json, write_text
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Each lever of the detail mode switched off (relative to confs/fast.conf).
+# Each lever of the detail mode switched off (relative to confs/fast.conf); "conf" names another conf.
 VARIANTS: dict[str, dict[str, object]] = {
     "full": {},
+    "pbidr_cpu": {"conf": "confs/fast_pbidr.conf"},  # the previous default: PBIDR's model at CPU size
+    # 1. start from a sphere (IDR's init) instead of the coarse shape; the sphere needs the mask loss,
+    # out-of-mask rays and the faithful tracer's fallback.
     "sphere_init": {"model.sdf_network.parameterisation": "sphere", "model.ray_tracer.fallback": True,
                     "model.ray_tracer.search_outside": True, "model.ray_tracer.band": 0.05,
-                    "model.ray_tracer.band_steps": 10, "loss.mask_weight": 100.0},
+                    "model.ray_tracer.band_steps": 10, "loss.mask_weight": 100.0, "train.mask_ray_fraction": 0.0},
+    # 2. 256^2 images.
     "res256": {"dataset.img_res": [256, 256]},
-    "no_lowpass": {"loss.residual_lowpass_weight": 0.0},
-    "no_coarse_to_fine": {"model.sdf_network.coarse_to_fine_iters": 0},
+    # 3. no low-frequency control: no local-mean penalty, no coarse-to-fine encoding.
+    "no_lowpass": {"loss.residual_lowpass_weight": 0.0, "model.sdf_network.coarse_to_fine_iters": 0},
+    # 4. shading split as in PBIDR: diffuse on the coarse normal; and no albedo prior.
     "diffuse_coarse_normal": {"model.diffuse_normal": "coarse"},
+    "no_albedo_prior": {"loss.albedo_smoothness_weight": 0.0},
 }
 
 
 def _override_args(overrides: dict[str, object]) -> list[str]:
     args = []
     for key, value in overrides.items():
+        if key == "conf":
+            continue
         text = json.dumps(value) if not isinstance(value, str) else value
         if isinstance(value, bool):
             text = "true" if value else "false"
@@ -106,7 +114,8 @@ def run_quality(out: Path, seeds: list[int], variants: list[str], iters: int, cu
             if exp.exists():
                 shutil.rmtree(exp)  # this benchmark's own run folder
             cmd = [sys.executable, "-m", "pbidr.cli", "train", "--data", str(scans[seed][1]), "--exp-dir", str(exp),
-                   "--conf", str(conf), "--iters", str(iters), "--device", device, "--quiet",
+                   "--conf", str(REPO / VARIANTS[variant]["conf"]) if "conf" in VARIANTS[variant] else str(conf),
+                   "--iters", str(iters), "--device", device, "--quiet",
                    "--set", "train.plot_freq=0", "--set", f"train.keep_checkpoints={len(steps) + 1}",
                    "--set", "train.checkpoint_seconds=0",
                    "--set", f"train.checkpoint_freq={math.gcd(*steps)}",  # a checkpoint at every curve step
@@ -128,11 +137,17 @@ def run_quality(out: Path, seeds: list[int], variants: list[str], iters: int, cu
                 entry["curve"] = [score_checkpoint(exp, c, scans[seed][0], exp / f"detailed_{c}.obj") for c in steps]
                 entry.update(entry["curve"][-1])
             results[f"{variant}_seed{seed}"] = entry
+            report = _report(out, seeds, variants, iters, steps, threads, jobs, res, conf, extra, t_start, results)
             print(f"[quality] {variant} seed {seed}: " + (
                 f"ratio {entry['normal_error_ratio']:.3f} corr {entry['displacement_correlation']:.3f} "
                 f"rms {entry['displacement_rms_mm']:.3f} mm leak {entry['albedo_leak']:.2f} "
                 f"({entry['s_per_iter']:.3f} s/it)" if proc.returncode == 0 else f"FAILED (rc {proc.returncode})"),
                 flush=True)
+    return _report(out, seeds, variants, iters, steps, threads, jobs, res, conf, extra, t_start, results)
+
+
+def _report(out, seeds, variants, iters, steps, threads, jobs, res, conf, extra, t_start, results) -> dict:
+    """Write quality.json / quality.md with the runs finished so far (so a cut-off run keeps them)."""
     from pbidr.bench import machine_info
 
     report = {"machine": machine_info(), "seeds": seeds, "variants": {v: VARIANTS[v] for v in variants},

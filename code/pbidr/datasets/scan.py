@@ -203,6 +203,7 @@ class RaySampler:
         self.rgb = data.images.reshape(data.n_views, h * w, 3)
         self.mask = data.masks.reshape(data.n_views, h * w)
         self.coarse = CoarseMesh(data.mesh, data.scale_mat)
+        self._mask_pixels: np.ndarray | None = None  # flat indices of mask pixels, made on first use
 
     def rays(self, view: np.ndarray, pixel: np.ndarray) -> dict[str, np.ndarray]:
         """Rays (N,) of (view index, flat pixel index) pairs, with targets and mesh correspondence."""
@@ -213,9 +214,18 @@ class RaySampler:
             **self.coarse.correspond(origins, dirs), "view": view, "pixel": pixel,
         }
 
-    def sample(self, n_rays: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """``n_rays`` uniformly random pixels over all views."""
-        flat = rng.integers(0, self.n_pixels, size=n_rays)
+    def sample(self, n_rays: int, rng: np.random.Generator, mask_fraction: float = 0.0) -> dict[str, np.ndarray]:
+        """``n_rays`` random pixels over all views: uniformly (IDR), or ``mask_fraction`` of them
+        drawn uniformly from the object mask's pixels and the rest from all pixels."""
+        n_mask = int(round(float(mask_fraction) * n_rays))
+        flat = rng.integers(0, self.n_pixels, size=n_rays - n_mask)
+        if n_mask > 0:
+            if self._mask_pixels is None:
+                self._mask_pixels = np.flatnonzero(self.mask)
+            if len(self._mask_pixels) == 0:
+                raise PbidrError(f"{self.data.scan_dir}: every mask is empty; no ray can be drawn inside the object")
+            inside = self._mask_pixels[rng.integers(0, len(self._mask_pixels), size=n_mask)]
+            flat = np.concatenate([inside, flat])
         per_view = self.dirs.shape[1]
         return self.rays(flat // per_view, flat % per_view)
 

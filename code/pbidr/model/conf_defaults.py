@@ -109,6 +109,9 @@ model {
     residual_lowpass_radius = 0.05
     residual_lowpass_points = 0
     residual_lowpass_samples = 8
+    # > 0: the loss's albedo_smoothness term compares the albedo at each surface point with the albedo
+    # this far (normalised units) along a random tangent (0: off).
+    albedo_smoothness_step = 0.0
 }
 """
 
@@ -127,6 +130,8 @@ loss {
     # where the coarse mesh has them.
     residual_weight = 0.0
     residual_lowpass_weight = 0.0
+    # Mean L1 albedo difference over model.albedo_smoothness_step (piecewise-constant albedo prior).
+    albedo_smoothness_weight = 0.0
     alpha = 50.0
     alpha_factor = 2.0
     alpha_milestones = [250, 500, 750, 1000, 1250]

@@ -90,6 +90,8 @@ class ModelOutput:
     mesh_sdf: (P,) SDF at the coarse-mesh hits (the residual r there in coarse_residual mode).
     residual_lowpass: (M,) local mean of the residual over discs of radius residual_lowpass_radius
         around M of those hits (empty unless residual_lowpass_points > 0 in coarse_residual mode).
+    albedo_step: (K, 3) albedo difference between each surface point and a point
+        albedo_smoothness_step away along a random tangent (empty when that step is 0).
     """
 
     rgb: torch.Tensor
@@ -113,6 +115,7 @@ class ModelOutput:
     n_trace_fallback: int = 0
     mesh_sdf: Optional[torch.Tensor] = None
     residual_lowpass: Optional[torch.Tensor] = None
+    albedo_step: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -213,6 +216,7 @@ class PBIDRModel(nn.Module):
         self.lowpass_radius = conf.get_float("residual_lowpass_radius")
         self.lowpass_samples = conf.get_int("residual_lowpass_samples")
         self.lowpass_points = conf.get_int("residual_lowpass_points")
+        self.albedo_step = conf.get_float("albedo_smoothness_step")
 
     # ------------------------------------------------------------------ coarse mesh and schedules
     @property
@@ -319,6 +323,7 @@ class PBIDRModel(nn.Module):
         pulled = mesh_points - mesh_grad * mesh_sdf.unsqueeze(-1)
         pull_in_surface = pull_mask[surf_idx]
         lowpass = self._residual_lowpass(mesh_points, batch.mesh_normals[pull_mask])
+        albedo_step = self._albedo_step(surface_points.detach(), shading.normals.detach(), shading.albedo, surf_feature)
 
         return ModelOutput(
             rgb=_scatter(n, surf_idx, shading.rgb),
@@ -342,7 +347,19 @@ class PBIDRModel(nn.Module):
             n_trace_fallback=trace.n_fallback,
             mesh_sdf=mesh_sdf,
             residual_lowpass=lowpass,
+            albedo_step=albedo_step,
         )
+
+    def _albedo_step(self, points: torch.Tensor, normals: torch.Tensor, albedo: torch.Tensor,
+                     features: torch.Tensor) -> torch.Tensor:
+        """Albedo (K, 3) minus the albedo a small tangent step away (Retinex prior: penalised in L1,
+        albedo becomes piecewise constant and smooth shading variation is left to the geometry)."""
+        if not self.albedo_step > 0 or points.shape[0] == 0:
+            return albedo.new_zeros(0, 3)
+        direction = F.normalize(torch.randn_like(points), dim=-1)
+        tangent = F.normalize(direction - (direction * normals).sum(-1, keepdim=True) * normals, dim=-1)
+        moved = points + self.albedo_step * tangent
+        return albedo - _to_unit_interval(self.albedo_network(moved, features.detach()))
 
     def _residual_lowpass(self, points: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
         """Local mean of the residual around up to ``residual_lowpass_points`` of ``points`` (P, 3) on

@@ -2,6 +2,12 @@
 
 total = rgb_weight * L_rgb + eikonal_weight * L_eik + mask_weight * L_mask
         + mesh_pull_weight * L_pull + normal_weight * L_normal
+        + residual_weight * L_residual + residual_lowpass_weight * L_lowpass
+        + albedo_smoothness_weight * L_albedo_smoothness
+
+The last three are the detail mode's regularisers (all 0 in the paper's conf): the mean squared SDF at
+the coarse-mesh hits (the residual there), the mean squared local mean of the residual, and the mean
+L1 albedo change over a small tangent step.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ class LossTerms:
     normal: torch.Tensor
     residual: torch.Tensor
     residual_lowpass: torch.Tensor
+    albedo_smoothness: torch.Tensor
 
     def as_floats(self) -> dict[str, float]:
         return {k: float(v.detach()) for k, v in self.__dict__.items()}
@@ -123,6 +130,7 @@ class PBIDRLoss(nn.Module):
         self.normal_weight = conf.get_float("normal_weight")
         self.residual_weight = conf.get_float("residual_weight")
         self.residual_lowpass_weight = conf.get_float("residual_lowpass_weight")
+        self.albedo_smoothness_weight = conf.get_float("albedo_smoothness_weight")
         self.alpha_init = conf.get_float("alpha")
         self.alpha_factor = conf.get_float("alpha_factor")
         self.alpha_milestones = [int(m) for m in conf.get_list("alpha_milestones")]
@@ -144,6 +152,8 @@ class PBIDRLoss(nn.Module):
         normal = normal_loss(out.sdf_normals, out.mesh_normals_sel)
         residual = _mean_square(out.mesh_sdf, rgb)
         lowpass = _mean_square(out.residual_lowpass, rgb)
+        step = getattr(out, "albedo_step", None)
+        albedo_smooth = step.abs().sum(-1).mean() if step is not None and step.numel() else rgb.new_zeros(())
         total = (
             self.rgb_weight * rgb
             + self.eikonal_weight * eik
@@ -152,6 +162,7 @@ class PBIDRLoss(nn.Module):
             + self.normal_weight * normal
             + self.residual_weight * residual
             + self.residual_lowpass_weight * lowpass
+            + self.albedo_smoothness_weight * albedo_smooth
         )
         return LossTerms(total=total, rgb=rgb, eikonal=eik, mask=mask, mesh_pull=pull, normal=normal,
-                         residual=residual, residual_lowpass=lowpass)
+                         residual=residual, residual_lowpass=lowpass, albedo_smoothness=albedo_smooth)

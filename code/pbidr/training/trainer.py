@@ -352,7 +352,7 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------------
     def train_step(self) -> LossTerms:
-        rays = self.sampler.sample(self.batch_size, self.rng)
+        rays = self.sampler.sample(self.batch_size, self.rng, self.conf.get_float("train.mask_ray_fraction"))
         batch = batch_to_device(rays, self.device)
         rgb_gt = torch.as_tensor(rays["rgb"], device=self.device) * 2.0 - 1.0  # images compared in [-1, 1]
         self.model.set_step(self.step)
