@@ -155,6 +155,22 @@ def test_transient_failure_is_retried(subjects_root, tmp_path, monkeypatch):
     assert calls == ["face0", "face0", "face0"]  # failed, then failed + succeeded with one retry
 
 
+def test_lost_worker_is_recorded_at_its_stage(tmp_path):
+    from pbidr.batch.stages import BatchSettings, mark_failed
+    from pbidr.batch.state import read_status, write_status
+    from pbidr.batch.subjects import Subject
+
+    settings = BatchSettings(out=tmp_path)
+    sp = subject_paths(tmp_path, "s")
+    write_status(sp, {"stages": {"preprocess": {"state": "done", "finished": "t0"},
+                                 "train": {"state": "running", "started": "t1"}}, "state": "running"})
+    mark_failed(settings, Subject("s", tmp_path, None), "Ray task lost: WorkerCrashedError")
+    status = read_status(sp)
+    assert status["state"] == "failed" and status["error"] == "train: Ray task lost: WorkerCrashedError"
+    assert status["stages"]["preprocess"] == {"state": "done", "finished": "t0"}
+    assert status["stages"]["train"]["state"] == "failed"
+
+
 # ------------------------------------------------------------------------------------------------ Ray
 
 def test_ray_engine_broken_subject_stays_local(subjects_root, tmp_path, local_ray, capsys):

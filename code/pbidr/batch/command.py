@@ -75,6 +75,8 @@ def check_settings(out: Path, identity: dict) -> None:
     from pbidr.utils.atomic import write_json
 
     path = out / SETTINGS_FILE
+    if out.exists() and not out.is_dir():
+        raise PbidrError(f"{out}: exists and is not a folder; --out must be a (new or earlier batch's) folder")
     if path.exists():
         try:
             before = json.loads(path.read_text())

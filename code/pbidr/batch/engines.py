@@ -28,6 +28,7 @@ class Progress:
 
     def __init__(self, total: int, enabled: bool = True, on_finish: Callable[[SubjectOutcome], None] | None = None):
         self.running: set[str] = set()
+        self.slots: int | None = None  # subjects the resources can run at once (Ray queues the rest)
         self.done = self.failed = 0
         self.on_finish = on_finish
         self.bar = tqdm(total=total, desc="batch", unit="subject", disable=not enabled, dynamic_ncols=True,
@@ -35,7 +36,10 @@ class Progress:
         self.enabled = enabled
 
     def _postfix(self) -> None:
-        self.bar.set_postfix_str(f"done {self.done} running {len(self.running)} failed {self.failed}")
+        running = len(self.running) if self.slots is None else min(len(self.running), self.slots)
+        queued = len(self.running) - running
+        self.bar.set_postfix_str(f"done {self.done} running {running} failed {self.failed}"
+                                 + (f" queued {queued}" if queued else ""))
 
     def started(self, sid: str) -> None:
         self.running.add(sid)
@@ -124,6 +128,10 @@ def run_ray(subjects: list[Subject], settings: BatchSettings, retries: int, prog
             if need > 0 and have.get(name, 0.0) < need:
                 raise PbidrError(f"--{name.lower()}s-per-job {need:g}: the Ray cluster has only "
                                  f"{have.get(name, 0.0):g} {name}s, so no subject could ever start")
+        needs = [(have.get(name, 0.0), need) for name, need in (("CPU", cpus_per_job), ("GPU", gpus_per_job)) if need > 0]
+        progress.slots = max(1, min(int(total // need + 1e-9) for total, need in needs))
+        if max_parallel is not None:
+            progress.slots = min(progress.slots, max_parallel)
         remote = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job, max_retries=0)(_ray_subject)
         pending = deque((s, 1) for s in subjects)
         running: dict = {}
@@ -133,7 +141,6 @@ def run_ray(subjects: list[Subject], settings: BatchSettings, retries: int, prog
                 while pending and (max_parallel is None or len(running) < max_parallel):
                     subject, attempt = pending.popleft()
                     running[remote.remote(subject, settings, attempt)] = (subject, attempt)
-                    # Ray queues tasks until resources free up; "running" here means submitted.
                     progress.started(subject.id)
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
                 progress.refresh()

@@ -201,8 +201,10 @@ def mark_failed(settings: BatchSettings, subject: Subject, error: str) -> None:
     """Record a failure the subject's own process could not (its Ray worker died)."""
     sp = subject_paths(settings.out, subject.id)
     status = read_status(sp)
-    for record in status["stages"].values():
+    stage = "start"
+    for name, record in status["stages"].items():
         if record.get("state") == "running":
             record.update(state="failed", finished=now(), error=error)
-    status.update(state="failed", error=error)
+            stage = name
+    status.update(state="failed", error=f"{stage}: {error}")
     write_status(sp, status)

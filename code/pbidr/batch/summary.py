@@ -106,7 +106,7 @@ def write_summary(out: Path, subjects: list[Subject], header: dict[str, Any] | N
 
 
 def write_overview(out: Path, rows: list[dict[str, Any]]) -> Path | None:
-    """A grid of every subject's eval/compare.png (a grey tile with the error for the others)."""
+    """A grid of every subject's eval/compare.png (a grey tile with the status for the others)."""
     from pbidr.utils.images import contact_sheet, read_image, write_png
 
     if not rows:
@@ -120,8 +120,8 @@ def write_overview(out: Path, rows: list[dict[str, Any]]) -> Path | None:
             labels.append(f"{row['subject']}{psnr}")
         else:
             tiles.append(np.full((OVERVIEW_CELL, 2 * OVERVIEW_CELL, 3), 96, np.uint8))
-            labels.append(f"{row['subject']}: {row['status']}" + (f" at {row['stage_reached'] or 'start'}"
-                                                                   if row["status"] != "done" else ""))
+            where = (row["error"] or "").split(":", 1)[0] if row["error"] else None  # "train: ..." -> train
+            labels.append(f"{row['subject']}: {row['status']}" + (f" at {where}" if where else ""))
     n_cols = max(1, math.ceil(math.sqrt(len(tiles) / 2)))  # compare.png is about twice as wide as high
     rows_img = [tiles[i : i + n_cols] for i in range(0, len(tiles), n_cols)]
     rows_lab = [labels[i : i + n_cols] for i in range(0, len(labels), n_cols)]
