@@ -16,8 +16,8 @@ engine on a GPU machine, e.g. ``--gpus 1,0.5`` for one against two subjects per 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -63,8 +63,11 @@ def run(args: argparse.Namespace) -> dict:
     results["machine"]["matmul_gflop_s"] = matmul_rate(device="cuda" if args.gpus and torch.cuda.is_available()
                                                        else "cpu") / 1e9
     rows = []
-    for name, engine in configs:
-        out = work / ("out_" + "".join(c if c.isalnum() else "_" for c in name))
+    # Rounds alternate the order (ABC, CBA, ...) so that load from other jobs on a shared machine
+    # falls on every engine alike; the table reports each run and the median per engine.
+    order = [(r, cfg) for r in range(args.rounds) for cfg in (configs if r % 2 == 0 else configs[::-1])]
+    for rnd, (name, engine) in order:
+        out = work / (f"out{rnd}_" + "".join(c if c.isalnum() else "_" for c in name))
         if out.exists():
             raise SystemExit(f"{out}: exists; use a fresh --workdir (the benchmark never reuses outputs)")
         t0 = time.perf_counter()
@@ -72,13 +75,18 @@ def run(args: argparse.Namespace) -> dict:
                               text=True)
         wall = time.perf_counter() - t0
         summary = list((out / "summary.csv").read_text().splitlines()[1:]) if (out / "summary.csv").exists() else []
-        row = {"engine": name, "args": engine, "exit_code": proc.returncode, "wall_s": wall,
+        row = {"engine": name, "round": rnd, "args": engine, "exit_code": proc.returncode, "wall_s": wall,
                "subjects_per_hour": 3600.0 * args.subjects / wall, "summary_rows": summary,
                "output_tail": proc.stdout[-2000:]}
         rows.append(row)
         if args.progress:
-            print(f"{name}: {wall:.1f} s (exit {proc.returncode})", file=sys.stderr, flush=True)
-    base = rows[0]["wall_s"]
+            print(f"round {rnd}, {name}: {wall:.1f} s (exit {proc.returncode})", file=sys.stderr, flush=True)
+    results["matmul_gflop_s_after"] = matmul_rate(device="cuda" if args.gpus and torch.cuda.is_available()
+                                                  else "cpu") / 1e9
+    medians = {name: statistics.median(r["wall_s"] for r in rows if r["engine"] == name) for name, _ in configs}
+    base = medians[configs[0][0]]
+    results["median_wall_s"] = medians
+    results["median_vs_first"] = {name: m / base for name, m in medians.items()}
     for row in rows:
         row["vs_first"] = row["wall_s"] / base
     results["runs"] = rows
@@ -94,10 +102,15 @@ def markdown(results: dict) -> str:
              f"--iters {s['iters']}, preprocess --res {s['res']} --yaw {s['yaw']}, eval --mc-resolution "
              f"{s['mc_resolution']} --eval-views {s['eval_views']}" + (f", --set {' '.join(s['set'])}" if s["set"] else "")
              + "; each engine a fresh process into a fresh --out (wall time includes every start).", "",
-             f"| engine | wall s | subjects/hour | vs {results['runs'][0]['engine']} | exit |", "|---|---|---|---|---|"]
+             f"fp32 matmul after the runs: {results['matmul_gflop_s_after']:.0f} GFLOP/s.", "",
+             f"| round | engine | wall s | subjects/hour | vs median of {next(iter(results['median_wall_s']))} | exit |",
+             "|---|---|---|---|---|---|"]
     for r in results["runs"]:
-        lines.append(f"| {r['engine']} | {r['wall_s']:.1f} | {r['subjects_per_hour']:.0f} | {r['vs_first']:.3f} | "
-                     f"{r['exit_code']} |")
+        lines.append(f"| {r['round']} | {r['engine']} | {r['wall_s']:.1f} | {r['subjects_per_hour']:.0f} | "
+                     f"{r['vs_first']:.3f} | {r['exit_code']} |")
+    lines += ["", "| engine | median wall s | median vs first |", "|---|---|---|"]
+    for name, m in results["median_wall_s"].items():
+        lines.append(f"| {name} | {m:.1f} | {results['median_vs_first'][name]:.3f} |")
     return "\n".join(lines)
 
 
@@ -115,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="conf overrides for train")
     p.add_argument("--gpus", default=None, help="GPU runs instead of the CPU ones: GPUs per subject, e.g. 1,0.5")
+    p.add_argument("--rounds", type=int, default=1, help="repeat every engine, order reversed each round (default 1)")
     p.add_argument("--skip-local", action="store_true", help="only the Ray runs")
     p.add_argument("--cpus-per-gpu-job", type=float, default=2.0, help="with --gpus: CPUs per subject (default 2)")
     p.add_argument("--json", default="bench/batch.json", help="results file (default bench/batch.json)")
