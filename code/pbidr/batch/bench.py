@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -70,17 +71,23 @@ def run(args: argparse.Namespace) -> dict:
         out = work / (f"out{rnd}_" + "".join(c if c.isalnum() else "_" for c in name))
         if out.exists():
             raise SystemExit(f"{out}: exists; use a fresh --workdir (the benchmark never reuses outputs)")
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         proc = subprocess.run(_batch_cmd(inputs, out, args, engine), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
         wall = time.perf_counter() - t0
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # CPU seconds of the batch and every process it waited for (Ray's own included): unlike wall time,
+        # hardly changed by other jobs on a shared machine, so it shows what an engine costs.
+        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
         summary = list((out / "summary.csv").read_text().splitlines()[1:]) if (out / "summary.csv").exists() else []
-        row = {"engine": name, "round": rnd, "args": engine, "exit_code": proc.returncode, "wall_s": wall,
+        row = {"engine": name, "round": rnd, "args": engine, "exit_code": proc.returncode, "wall_s": wall, "cpu_s": cpu,
                "subjects_per_hour": 3600.0 * args.subjects / wall, "summary_rows": summary,
                "output_tail": proc.stdout[-2000:]}
         rows.append(row)
         if args.progress:
-            print(f"round {rnd}, {name}: {wall:.1f} s (exit {proc.returncode})", file=sys.stderr, flush=True)
+            print(f"round {rnd}, {name}: {wall:.1f} s, {cpu:.1f} CPU s (exit {proc.returncode})", file=sys.stderr,
+                  flush=True)
     results["matmul_gflop_s_after"] = matmul_rate(device="cuda" if args.gpus and torch.cuda.is_available()
                                                   else "cpu") / 1e9
     medians = {name: statistics.median(r["wall_s"] for r in rows if r["engine"] == name) for name, _ in configs}
@@ -103,11 +110,11 @@ def markdown(results: dict) -> str:
              f"{s['mc_resolution']} --eval-views {s['eval_views']}" + (f", --set {' '.join(s['set'])}" if s["set"] else "")
              + "; each engine a fresh process into a fresh --out (wall time includes every start).", "",
              f"fp32 matmul after the runs: {results['matmul_gflop_s_after']:.0f} GFLOP/s.", "",
-             f"| round | engine | wall s | subjects/hour | vs median of {next(iter(results['median_wall_s']))} | exit |",
-             "|---|---|---|---|---|---|"]
+             f"| round | engine | wall s | subjects/hour | wall vs median of {next(iter(results['median_wall_s']))} "
+             "| CPU s (all processes) | exit |", "|---|---|---|---|---|---|---|"]
     for r in results["runs"]:
         lines.append(f"| {r['round']} | {r['engine']} | {r['wall_s']:.1f} | {r['subjects_per_hour']:.0f} | "
-                     f"{r['vs_first']:.3f} | {r['exit_code']} |")
+                     f"{r['vs_first']:.3f} | {r['cpu_s']:.1f} | {r['exit_code']} |")
     lines += ["", "| engine | median wall s | median vs first |", "|---|---|---|"]
     for name, m in results["median_wall_s"].items():
         lines.append(f"| {name} | {m:.1f} | {results['median_vs_first'][name]:.3f} |")
