@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> dict:
                               text=True)
         wall = time.perf_counter() - t0
         cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        # CPU seconds of the batch and every process it waited for (Ray's own included): unlike wall time,
-        # hardly changed by other jobs on a shared machine, so it shows what an engine costs.
+        # CPU seconds of the batch and the processes it reaped: the whole cost of the local engine, but not
+        # of Ray's (its workers are not reaped into this tree), so JSON only, not in the table.
         cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
         summary = list((out / "summary.csv").read_text().splitlines()[1:]) if (out / "summary.csv").exists() else []
         row = {"engine": name, "round": rnd, "args": engine, "exit_code": proc.returncode, "wall_s": wall, "cpu_s": cpu,
@@ -111,10 +111,10 @@ def markdown(results: dict) -> str:
              + "; each engine a fresh process into a fresh --out (wall time includes every start).", "",
              f"fp32 matmul after the runs: {results['matmul_gflop_s_after']:.0f} GFLOP/s.", "",
              f"| round | engine | wall s | subjects/hour | wall vs median of {next(iter(results['median_wall_s']))} "
-             "| CPU s (all processes) | exit |", "|---|---|---|---|---|---|---|"]
+             "| exit |", "|---|---|---|---|---|---|"]
     for r in results["runs"]:
         lines.append(f"| {r['round']} | {r['engine']} | {r['wall_s']:.1f} | {r['subjects_per_hour']:.0f} | "
-                     f"{r['vs_first']:.3f} | {r['cpu_s']:.1f} | {r['exit_code']} |")
+                     f"{r['vs_first']:.3f} | {r['exit_code']} |")
     lines += ["", "| engine | median wall s | median vs first |", "|---|---|---|"]
     for name, m in results["median_wall_s"].items():
         lines.append(f"| {name} | {m:.1f} | {results['median_vs_first'][name]:.3f} |")
