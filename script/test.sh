@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
 # Set up .venv (first run only) and run the test suite. Extra arguments go to pytest.
 source "$(dirname "$0")/_env.sh"
+# The Ray engine of `pbidr batch` is an optional extra, but the suite tests it on a local Ray.
+"$PY" -c "import ray" 2>/dev/null || "$PY" -m pip install --quiet -r "$ROOT/requirements-ray.txt"
 exec "$PY" -m pytest code/tests "$@"

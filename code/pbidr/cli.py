@@ -1,4 +1,4 @@
-"""The ``pbidr`` command: one subcommand per stage (sample, photo, preprocess, train, eval, score, bench)."""
+"""The ``pbidr`` command: one subcommand per stage (sample, photo, preprocess, train, eval, score, batch, bench)."""
 
 from __future__ import annotations
 
@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pbidr.photo.face_mesh import add_photo_parser
 
     add_photo_parser(sub)
+    from pbidr.batch.command import add_batch_parser
+
+    add_batch_parser(sub)
 
     p = sub.add_parser("bench", help="benchmarks (see script/benchmark.sh)")
     p.add_argument("what", choices=["render", "all"],

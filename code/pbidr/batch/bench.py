@@ -1,0 +1,152 @@
+"""Benchmark of ``pbidr batch``: the same subjects through the local engine and through Ray, in one run.
+
+``python -m pbidr.batch.bench`` (script/bench_batch.sh) writes ``--subjects`` built-in samples (seeds
+0..N-1), then runs ``pbidr batch`` once per configuration, each as a fresh process into a fresh --out,
+so every engine pays its own start (interpreter, imports, Ray's start and its workers' imports):
+
+* ``local``: one subject after another in one process, torch on every core;
+* ``ray`` with ``--cpus-per-job`` = all cores: one subject at a time in a Ray worker (Ray's pure overhead);
+* ``ray`` with ``--cpus-per-job 1``: one subject per core at once, one torch thread each.
+
+Reports wall seconds, subjects per hour and the ratio to ``local``, with this machine's fp32 matmul
+rate (pbidr.flops.matmul_rate) measured in the same run. ``--gpus-per-job`` (a list) times the Ray
+engine on a GPU machine, e.g. ``--gpus 1,0.5`` for one against two subjects per GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pbidr.utils.atomic import write_json
+
+
+def _batch_cmd(inputs: Path, out: Path, args: argparse.Namespace, engine: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "pbidr.cli", "batch", "--inputs", str(inputs), "--out", str(out),
+           "--conf", args.conf, "--iters", str(args.iters), "--res", str(args.res), "--yaw", str(args.yaw),
+           "--mc-resolution", str(args.mc_resolution), "--eval-views", args.eval_views, "--device", args.device,
+           "--quiet", *engine]
+    for item in args.set or []:
+        cmd += ["--set", item]
+    return cmd
+
+
+def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    from pbidr.bench import machine_info
+    from pbidr.flops import matmul_rate
+    from pbidr.preprocess.sample import make_sample
+
+    work = Path(args.workdir)
+    inputs = work / "inputs"
+    for seed in range(args.subjects):
+        if not (inputs / f"face{seed}" / "sample.json").is_file():
+            make_sample(inputs / f"face{seed}", seed=seed)
+    cores = os.cpu_count() or 1
+    configs: list[tuple[str, list[str]]] = [] if args.skip_local else [("local", ["--engine", "local"])]
+    if args.gpus:
+        for g in args.gpus.split(","):
+            configs.append((f"ray, {g} GPU per subject",
+                            ["--engine", "ray", "--gpus-per-job", g, "--cpus-per-job", str(args.cpus_per_gpu_job)]))
+    else:
+        configs += [(f"ray, {cores} CPUs per subject (1 at a time)", ["--engine", "ray", "--cpus-per-job", str(cores)]),
+                    (f"ray, 1 CPU per subject ({cores} at a time)", ["--engine", "ray", "--cpus-per-job", "1"])]
+    results = {"machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M"), "subjects": args.subjects,
+               "settings": {k: getattr(args, k) for k in ("conf", "iters", "res", "yaw", "mc_resolution",
+                                                          "eval_views", "device", "set")}}
+    results["machine"]["matmul_gflop_s"] = matmul_rate(device="cuda" if args.gpus and torch.cuda.is_available()
+                                                       else "cpu") / 1e9
+    rows = []
+    # Rounds alternate the order (ABC, CBA, ...) so that load from other jobs on a shared machine
+    # falls on every engine alike; the table reports each run and the median per engine.
+    order = [(r, cfg) for r in range(args.rounds) for cfg in (configs if r % 2 == 0 else configs[::-1])]
+    for rnd, (name, engine) in order:
+        out = work / (f"out{rnd}_" + "".join(c if c.isalnum() else "_" for c in name))
+        if out.exists():
+            raise SystemExit(f"{out}: exists; use a fresh --workdir (the benchmark never reuses outputs)")
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        proc = subprocess.run(_batch_cmd(inputs, out, args, engine), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+        wall = time.perf_counter() - t0
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # CPU seconds of the batch and the processes it reaped: the whole cost of the local engine, but not
+        # of Ray's (its workers are not reaped into this tree), so JSON only, not in the table.
+        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+        summary = list((out / "summary.csv").read_text().splitlines()[1:]) if (out / "summary.csv").exists() else []
+        row = {"engine": name, "round": rnd, "args": engine, "exit_code": proc.returncode, "wall_s": wall, "cpu_s": cpu,
+               "subjects_per_hour": 3600.0 * args.subjects / wall, "summary_rows": summary,
+               "output_tail": proc.stdout[-2000:]}
+        rows.append(row)
+        if args.progress:
+            print(f"round {rnd}, {name}: {wall:.1f} s, {cpu:.1f} CPU s (exit {proc.returncode})", file=sys.stderr,
+                  flush=True)
+    results["matmul_gflop_s_after"] = matmul_rate(device="cuda" if args.gpus and torch.cuda.is_available()
+                                                  else "cpu") / 1e9
+    medians = {name: statistics.median(r["wall_s"] for r in rows if r["engine"] == name) for name, _ in configs}
+    base = medians[configs[0][0]]
+    results["median_wall_s"] = medians
+    results["median_vs_first"] = {name: m / base for name, m in medians.items()}
+    for row in rows:
+        row["vs_first"] = row["wall_s"] / base
+    results["runs"] = rows
+    return results
+
+
+def markdown(results: dict) -> str:
+    m, s = results["machine"], results["settings"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}"
+             + (f", {m['cuda']}" if m.get("cuda") else "")
+             + f"; fp32 matmul {m['matmul_gflop_s']:.0f} GFLOP/s (measured in the same run). Date: {results['date']}.",
+             f"{results['subjects']} built-in samples (seeds 0..{results['subjects'] - 1}), conf {s['conf']} with "
+             f"--iters {s['iters']}, preprocess --res {s['res']} --yaw {s['yaw']}, eval --mc-resolution "
+             f"{s['mc_resolution']} --eval-views {s['eval_views']}" + (f", --set {' '.join(s['set'])}" if s["set"] else "")
+             + "; each engine a fresh process into a fresh --out (wall time includes every start).", "",
+             f"fp32 matmul after the runs: {results['matmul_gflop_s_after']:.0f} GFLOP/s.", "",
+             f"| round | engine | wall s | subjects/hour | wall vs median of {next(iter(results['median_wall_s']))} "
+             "| exit |", "|---|---|---|---|---|---|"]
+    for r in results["runs"]:
+        lines.append(f"| {r['round']} | {r['engine']} | {r['wall_s']:.1f} | {r['subjects_per_hour']:.0f} | "
+                     f"{r['vs_first']:.3f} | {r['exit_code']} |")
+    lines += ["", "| engine | median wall s | median vs first |", "|---|---|---|"]
+    for name, m in results["median_wall_s"].items():
+        lines.append(f"| {name} | {m:.1f} | {results['median_vs_first'][name]:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pbidr.batch.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", default="bench/batch", help="samples and outputs go here (default bench/batch)")
+    p.add_argument("--subjects", type=int, default=4)
+    p.add_argument("--conf", default="confs/fast.conf")
+    p.add_argument("--iters", type=int, default=150)
+    p.add_argument("--res", type=int, default=128, help="preprocess image size (default 128)")
+    p.add_argument("--yaw", type=int, default=5, help="preprocess views (default 5)")
+    p.add_argument("--mc-resolution", type=int, default=128)
+    p.add_argument("--eval-views", default="1")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="conf overrides for train")
+    p.add_argument("--gpus", default=None, help="GPU runs instead of the CPU ones: GPUs per subject, e.g. 1,0.5")
+    p.add_argument("--rounds", type=int, default=1, help="repeat every engine, order reversed each round (default 1)")
+    p.add_argument("--skip-local", action="store_true", help="only the Ray runs")
+    p.add_argument("--cpus-per-gpu-job", type=float, default=2.0, help="with --gpus: CPUs per subject (default 2)")
+    p.add_argument("--json", default="bench/batch.json", help="results file (default bench/batch.json)")
+    p.add_argument("--quiet", dest="progress", action="store_false")
+    args = p.parse_args(argv)
+    results = run(args)
+    write_json(args.json, results)
+    print(markdown(results))
+    print(f"\nresults: {args.json}")
+    return 0 if all(r["exit_code"] == 0 for r in results["runs"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

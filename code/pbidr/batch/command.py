@@ -1,0 +1,152 @@
+"""``pbidr batch``: the command line, the settings check of a rerun, and the summary at the end."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from pbidr.batch.state import STAGES
+from pbidr.errors import PbidrError
+
+SETTINGS_FILE = "batch.json"
+
+
+def _stages(text: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    bad = [s for s in names if s not in STAGES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(STAGES)}, got {text!r}")
+    return tuple(s for s in STAGES if s in names)
+
+
+def add_batch_parser(subparsers) -> argparse.ArgumentParser:
+    from pbidr.cli import add_rig_args
+
+    p = subparsers.add_parser(
+        "batch", help="many subjects through preprocess, train and eval; resumable; locally or on Ray",
+        description="Run every subject of --inputs (subfolders holding mesh.*, mesh files, or the lines of a list "
+                    "file) through the stages into --out/subjects/ID/. Rerunning the same command finishes only what "
+                    "is missing; a failed subject does not stop the others (exit code 1 if any failed). Writes "
+                    "--out/summary.csv, summary.md and overview.png. See docs/batch.md.")
+    p.add_argument("--inputs", required=True, metavar="DIR_OR_LIST",
+                   help="folder of subjects (subfolders with mesh.*, or mesh files), or a text file of paths")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (on a cluster: a path every node sees)")
+    p.add_argument("--conf", default=None, help="HOCON conf for train (default: the original's = confs/test.conf)")
+    p.add_argument("--iters", type=int, default=None, help="training iterations (overrides the conf)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any conf key")
+    p.add_argument("--stages", type=_stages, default=STAGES, help="comma-separated (default preprocess,train,eval)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: one subject after another in this process; ray: one Ray task per subject")
+    p.add_argument("--address", default=None, help="ray: address of a running Ray cluster (default: start a local Ray)")
+    p.add_argument("--cpus-per-job", type=float, default=1.0, help="ray: CPUs per subject (default 1); also its torch threads")
+    p.add_argument("--gpus-per-job", type=float, default=0.0,
+                   help="ray: GPUs per subject, fractions share a GPU (0.5: two subjects per GPU; default 0)")
+    p.add_argument("--max-parallel", type=int, default=None, help="ray: at most this many subjects at once (default: "
+                   "as many as the resources allow)")
+    p.add_argument("--retries", type=int, default=0, help="retries of a subject after a transient failure (default 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
+    p.add_argument("--renderer", default="embree", help="preprocess renderer: embree (default) or pytorch3d")
+    p.add_argument("--mc-resolution", type=int, default=512, help="eval marching-cubes resolution (default 512)")
+    p.add_argument("--eval-views", default="all", help="eval views: all or 1-based numbers like 1,9,17 (default all)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    add_rig_args(p)
+    p.set_defaults(func=cmd_batch)
+    return p
+
+
+def settings_from_args(args: argparse.Namespace):
+    from pbidr.batch.stages import BatchSettings
+    from pbidr.cli import rig_from_args
+
+    overrides = list(args.set)
+    if args.iters is not None:
+        overrides.append(f"train.iters={args.iters}")
+    threads = max(1, round(args.cpus_per_job)) if args.engine == "ray" else None
+    return BatchSettings(out=Path(args.out).resolve(), stages=args.stages, conf=args.conf, overrides=tuple(overrides),
+                         rig=rig_from_args(args), margin=args.margin, renderer=args.renderer, device=args.device,
+                         mc_resolution=args.mc_resolution, eval_views=args.eval_views, threads=threads)
+
+
+def check_settings(out: Path, identity: dict) -> None:
+    """Refuse to mix outputs of different settings in one --out; record them on the first run."""
+    import json
+
+    from pbidr.utils.atomic import write_json
+
+    path = out / SETTINGS_FILE
+    if out.exists() and not out.is_dir():
+        raise PbidrError(f"{out}: exists and is not a folder; --out must be a (new or earlier batch's) folder")
+    if path.exists():
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise PbidrError(f"{path}: unreadable; it records the settings of the outputs in {out}") from None
+        if not isinstance(before, dict) or "settings" not in before:
+            raise PbidrError(f"{path}: not a pbidr batch settings file")
+        # JSON round trip so tuples and lists compare equal
+        differ = [k for k in identity if json.loads(json.dumps(identity[k])) != before["settings"].get(k)]
+        if differ:
+            raise PbidrError(f"{out}: holds outputs made with other settings ({', '.join(differ)} differ, see {path}); "
+                             "rerun with the same options or choose another --out")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise PbidrError(f"{out}: exists and is not a pbidr batch output folder (no {SETTINGS_FILE}); "
+                         "choose an empty or new --out")
+    write_json(path, {"settings": identity})
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from pbidr.batch.engines import Progress, import_ray, run_local, run_ray
+    from pbidr.batch.subjects import find_subjects
+    from pbidr.batch.summary import write_summary
+
+    if args.retries < 0:
+        raise PbidrError(f"--retries {args.retries}: must be 0 or more")
+    if args.engine == "ray":
+        if args.cpus_per_job < 0 or args.gpus_per_job < 0 or args.cpus_per_job + args.gpus_per_job == 0:
+            raise PbidrError("--cpus-per-job / --gpus-per-job: must be non-negative, not both 0")
+        if args.gpus_per_job > 1 and args.gpus_per_job != int(args.gpus_per_job):
+            raise PbidrError(f"--gpus-per-job {args.gpus_per_job:g}: above 1 it must be a whole number (Ray's rule)")
+        if args.max_parallel is not None and args.max_parallel < 1:
+            raise PbidrError(f"--max-parallel {args.max_parallel}: must be at least 1")
+        import_ray()  # fail before anything is written when Ray is missing
+    settings = settings_from_args(args)
+    out = settings.out
+    subjects = find_subjects(args.inputs, out)
+    settings.rig.validate()
+    check_settings(out, settings.identity())
+
+    t0 = time.perf_counter()
+    header = {"inputs": str(Path(args.inputs).resolve()), "engine": args.engine, "stages": ",".join(settings.stages)}
+    if args.engine == "ray":
+        header["resources per subject"] = f"{args.cpus_per_job:g} CPU, {args.gpus_per_job:g} GPU"
+
+    def refresh_summary(_outcome=None) -> None:  # after every subject: a killed batch still has a summary
+        write_summary(out, subjects, header, overview=False)
+
+    progress = Progress(len(subjects), enabled=not args.quiet, on_finish=refresh_summary)
+    interrupted = False
+    try:
+        if args.engine == "local":
+            outcomes = run_local(subjects, settings, args.retries, progress)
+        else:
+            outcomes = run_ray(subjects, settings, args.retries, progress, address=args.address,
+                               cpus_per_job=args.cpus_per_job, gpus_per_job=args.gpus_per_job,
+                               max_parallel=args.max_parallel)
+    except KeyboardInterrupt:
+        interrupted, outcomes = True, []
+    finally:
+        progress.close()
+    wall = time.perf_counter() - t0
+    header["wall time of the last run"] = f"{wall:.1f} s" + (" (interrupted)" if interrupted else "")
+    rows = write_summary(out, subjects, header)
+    failed = [r for r in rows if r["status"] == "failed"]
+    done = sum(r["status"] == "done" for r in rows)
+    print(f"batch {'interrupted' if interrupted else 'finished'} in {wall:.1f} s: {done} done, {len(failed)} failed of "
+          f"{len(rows)}; summary {out / 'summary.md'}, overview {out / 'overview.png'}")
+    for r in failed:
+        print(f"  {r['subject']}: {r['error']}")
+    if interrupted:
+        return 130
+    return 1 if failed else 0
