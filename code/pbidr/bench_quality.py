@@ -40,9 +40,12 @@ VARIANTS: dict[str, dict[str, object]] = {
     "res256": {"dataset.img_res": [256, 256]},
     # 3. no low-frequency control: no local-mean penalty, no coarse-to-fine encoding.
     "no_lowpass": {"loss.residual_lowpass_weight": 0.0, "model.sdf_network.coarse_to_fine_iters": 0},
-    # 4. shading split as in PBIDR: diffuse on the coarse normal; and no albedo prior.
+    # 4. shading split as in PBIDR: diffuse on the coarse normal.
     "diffuse_coarse_normal": {"model.diffuse_normal": "coarse"},
-    "no_albedo_prior": {"loss.albedo_smoothness_weight": 0.0},
+    # 5. the geometry learning as fast as the appearance.
+    "geometry_lr_1": {"train.sdf_lr_factor": 1.0},
+    # the piecewise-constant albedo prior switched on (off in fast.conf).
+    "albedo_prior": {"model.albedo_smoothness_step": 0.005, "loss.albedo_smoothness_weight": 0.5},
 }
 
 
@@ -98,9 +101,31 @@ def score_checkpoint(exp_dir: Path, step: int | str, sample_dir: Path, out_obj: 
                                    "albedo_leak")} | {"step": run.step}
 
 
+def run_job(exp: Path, sample: Path, steps: list[int], train_cmd: list[str]) -> dict:
+    """One run: train (a subprocess), then score its checkpoints at ``steps`` (those it reached)
+    and its last one; the entry is also written to ``exp/quality_entry.json``."""
+    from pbidr.evaluation.run_eval import available_steps
+    from pbidr.training.trainer import checkpoint_path, load_checkpoint
+
+    t0 = time.perf_counter()
+    proc = subprocess.run(train_cmd)
+    entry: dict = {"train_wall_s": time.perf_counter() - t0, "returncode": proc.returncode}
+    if proc.returncode == 0:
+        entry["s_per_iter"] = _s_per_iter(exp)
+        have = [c for c in steps if c in available_steps(exp)]
+        entry["curve"] = [score_checkpoint(exp, c, sample, exp / f"detailed_{c}.obj") for c in have]
+        last = load_checkpoint(checkpoint_path(exp))["step"]
+        if not have or have[-1] != last:
+            entry["curve"].append(score_checkpoint(exp, "latest", sample, exp / "detailed_latest.obj"))
+        entry.update(entry["curve"][-1])
+    write_json(exp / "quality_entry.json", entry)
+    return entry
+
+
 def run_quality(out: Path, seeds: list[int], variants: list[str], iters: int, curve: list[int], conf: Path,
                 jobs: int, threads: int, res: int, device: str, extra: list[str]) -> dict:
     out.mkdir(parents=True, exist_ok=True)
+    (out / "runs").mkdir(exist_ok=True)
     scans = {s: prepare_scan(out, s, res) for s in seeds}
     runs = [(v, s) for v in variants for s in seeds]
     steps = sorted({c for c in curve if 0 < c < iters} | {iters})
@@ -113,36 +138,35 @@ def run_quality(out: Path, seeds: list[int], variants: list[str], iters: int, cu
             exp = out / "runs" / f"{variant}_seed{seed}"
             if exp.exists():
                 shutil.rmtree(exp)  # this benchmark's own run folder
-            cmd = [sys.executable, "-m", "pbidr.cli", "train", "--data", str(scans[seed][1]), "--exp-dir", str(exp),
-                   "--conf", str(REPO / VARIANTS[variant]["conf"]) if "conf" in VARIANTS[variant] else str(conf),
-                   "--iters", str(iters), "--device", device, "--quiet",
-                   "--set", "train.plot_freq=0", "--set", f"train.keep_checkpoints={len(steps) + 1}",
-                   "--set", "train.checkpoint_seconds=0",
-                   "--set", f"train.checkpoint_freq={math.gcd(*steps)}",  # a checkpoint at every curve step
-                   *_override_args(VARIANTS[variant]), *extra]
-            (out / "runs").mkdir(exist_ok=True)
+            train = [sys.executable, "-m", "pbidr.cli", "train", "--data", str(scans[seed][1]), "--exp-dir", str(exp),
+                     "--conf", str(REPO / VARIANTS[variant]["conf"]) if "conf" in VARIANTS[variant] else str(conf),
+                     "--iters", str(iters), "--device", device, "--quiet",
+                     "--set", "train.plot_freq=0", "--set", f"train.keep_checkpoints={len(steps) + 1}",
+                     "--set", "train.checkpoint_seconds=0",
+                     "--set", f"train.checkpoint_freq={math.gcd(*steps)}",  # a checkpoint at every curve step
+                     *_override_args(VARIANTS[variant]), *extra]
+            job = [sys.executable, "-m", "pbidr.bench_quality", "job", json.dumps(
+                {"exp": str(exp), "sample": str(scans[seed][0]), "steps": steps, "train": train})]
             log = open(out / "runs" / f"{variant}_seed{seed}.log", "w")
-            active[(variant, seed)] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), time.perf_counter(), exp, log)
+            active[(variant, seed)] = (subprocess.Popen(job, env=env, stdout=log, stderr=subprocess.STDOUT), exp, log)
         time.sleep(2.0)
-        for key, (proc, t0, exp, log) in list(active.items()):
+        for key, (proc, exp, log) in list(active.items()):
             if proc.poll() is None:
                 continue
-            seconds = time.perf_counter() - t0
             log.close()
             del active[key]
             variant, seed = key
-            entry: dict = {"variant": variant, "seed": seed, "train_wall_s": seconds, "returncode": proc.returncode}
-            if proc.returncode == 0:
-                entry["s_per_iter"] = _s_per_iter(exp)
-                entry["curve"] = [score_checkpoint(exp, c, scans[seed][0], exp / f"detailed_{c}.obj") for c in steps]
-                entry.update(entry["curve"][-1])
+            entry = {"returncode": proc.returncode}
+            if (exp / "quality_entry.json").is_file():
+                entry = json.loads((exp / "quality_entry.json").read_text())
+            entry.update({"variant": variant, "seed": seed})
             results[f"{variant}_seed{seed}"] = entry
-            report = _report(out, seeds, variants, iters, steps, threads, jobs, res, conf, extra, t_start, results)
+            _report(out, seeds, variants, iters, steps, threads, jobs, res, conf, extra, t_start, results)
+            ok = entry.get("returncode") == 0 and "normal_error_ratio" in entry
             print(f"[quality] {variant} seed {seed}: " + (
-                f"ratio {entry['normal_error_ratio']:.3f} corr {entry['displacement_correlation']:.3f} "
-                f"rms {entry['displacement_rms_mm']:.3f} mm leak {entry['albedo_leak']:.2f} "
-                f"({entry['s_per_iter']:.3f} s/it)" if proc.returncode == 0 else f"FAILED (rc {proc.returncode})"),
-                flush=True)
+                f"ratio {_num(entry['normal_error_ratio'], '.3f')} corr {_num(entry['displacement_correlation'], '.3f')} "
+                f"rms {_num(entry['displacement_rms_mm'], '.3f')} mm leak {_num(entry['albedo_leak'], '.2f')} "
+                f"step {entry['step']} ({_num(entry['s_per_iter'], '.3f')} s/it)" if ok else f"FAILED (rc {entry.get('returncode')})"), flush=True)
     return _report(out, seeds, variants, iters, steps, threads, jobs, res, conf, extra, t_start, results)
 
 
@@ -165,19 +189,30 @@ def _s_per_iter(exp: Path) -> float | None:
     return None
 
 
+def _num(x, fmt: str) -> str:
+    return format(x, fmt) if isinstance(x, (int, float)) else str(x)
+
+
 def markdown(report: dict) -> str:
-    lines = ["| variant | seed | ratio | correlation | RMS (mm) | leak | s/it |", "|---|---|---|---|---|---|---|"]
+    lines = ["| variant | seed | step | ratio | correlation | RMS (mm) | leak | s/it |",
+             "|---|---|---|---|---|---|---|---|"]
     for e in report["runs"].values():
-        if e.get("returncode") != 0:
-            lines.append(f"| {e['variant']} | {e['seed']} | failed | | | | |")
+        if e.get("returncode") != 0 or "normal_error_ratio" not in e:
+            lines.append(f"| {e['variant']} | {e['seed']} | failed | | | | | |")
             continue
-        lines.append(f"| {e['variant']} | {e['seed']} | {e['normal_error_ratio']:.3f} | "
-                     f"{e['displacement_correlation']:.3f} | {e['displacement_rms_mm']:.3f} | {e['albedo_leak']:.2f} | "
-                     f"{e['s_per_iter']:.3f} |")
+        cells = [_num(e[k], f) for k, f in (("normal_error_ratio", ".3f"), ("displacement_correlation", ".3f"),
+                                                ("displacement_rms_mm", ".3f"), ("albedo_leak", ".2f"),
+                                                ("s_per_iter", ".3f"))]
+        lines.append(f"| {e['variant']} | {e['seed']} | {e['step']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["job"]:  # internal: one run, spawned by run_quality
+        spec = json.loads(argv[1])
+        run_job(Path(spec["exp"]), Path(spec["sample"]), spec["steps"], spec["train"])
+        return 0
     p = argparse.ArgumentParser(prog="python -m pbidr.bench_quality", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="work folder (samples, scans, runs, quality.json)")
     p.add_argument("--seeds", default="0,1,2")
@@ -189,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads per run")
     p.add_argument("--res", type=int, default=1024, help="preprocess resolution")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--time-budget", type=float, default=0.0, help="stop each training after this many seconds")
     p.add_argument("--set", action="append", default=[], help="extra conf override for every run")
     args = p.parse_args(argv)
     from pbidr.training.conf import load_conf
@@ -198,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown variants {bad}; known: {list(VARIANTS)}")
     iters = args.iters or load_conf(args.conf).get_int("train.iters")
     extra = [a for s in args.set for a in ("--set", s)]
+    if args.time_budget > 0:
+        extra += ["--set", f"train.time_budget_s={args.time_budget}"]
     run_quality(Path(args.out), [int(s) for s in args.seeds.split(",")], args.variants.split(","), iters,
                 [int(c) for c in args.curve.split(",") if c], Path(args.conf), args.jobs, args.threads, args.res,
                 args.device, extra)

@@ -22,6 +22,7 @@ train {
     learning_rate = 1.0e-4
     sched_milestones = [1000, 1500]   # epochs at which the learning rate is multiplied by sched_factor
     sched_factor = 0.5
+    time_budget_s = 0            # > 0: stop (with a checkpoint) after this many seconds of this session
     mask_ray_fraction = 0.0      # fraction of each batch's rays drawn inside the object mask (0: uniform, IDR)
     sdf_lr_factor = 1.0          # the SDF network's learning rate = learning_rate x this
     geometry_warmup_iters = 0    # the SDF network's learning rate ramps up from 0 over this many iterations

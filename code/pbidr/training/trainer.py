@@ -415,7 +415,11 @@ class Trainer:
                            disable=not self.progress)
         self._last_checkpoint_t = time.perf_counter()
         try:
+            budget = tc.get_float("time_budget_s")
             while self.step < self.total_steps and self._stop_signal is None:
+                if budget > 0 and time.perf_counter() - t_start >= budget:
+                    self._log(f"# time budget of {budget:g} s reached at step {self.step}")
+                    break
                 t0 = time.perf_counter()
                 try:
                     terms = self.train_step()
