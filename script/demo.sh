@@ -4,7 +4,7 @@
 #   --photo [PATH]  start from a face photo instead (default: scikit-image's astronaut portrait):
 #                   photo -> data/raw/photo -> preprocess (data/Test/scan1) -> train -> eval.
 #                   The first use installs the photo extra (MediaPipe 0.10.14, docs/photo.md) into .venv.
-# Environment: DEVICE (auto), EVAL_VIEWS (views rendered by eval, default 1,5,9,13,17).
+# Environment: DEVICE (auto), EVAL_VIEWS (views rendered by eval, default 1,9,17).
 PHOTO=""; USE_PHOTO=0
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -48,7 +48,7 @@ bash script/fast_train.sh --scan_id "$SCAN_ID" --device "${DEVICE:-auto}"
 T2=$(date +%s)
 RUN="$(ls -d "exps/fast_scan$SCAN_ID"/*/ | sort | tail -n 1)"; RUN="${RUN%/}"
 stage "eval ($RUN)"
-bash script/fast_eval.sh --exp-dir "$RUN" --device "${DEVICE:-auto}" --views "${EVAL_VIEWS:-1,5,9,13,17}"
+bash script/fast_eval.sh --exp-dir "$RUN" --device "${DEVICE:-auto}" --views "${EVAL_VIEWS:-1,9,17}"
 T3=$(date +%s)
 echo
 echo "[pbidr] demo finished in $((T3 - T0)) s (preprocess $((T1 - T0)) s, train $((T2 - T1)) s, eval $((T3 - T2)) s)."
