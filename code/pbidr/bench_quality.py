@@ -193,7 +193,7 @@ _COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 
 
 def plot_curve(report: dict, seconds_per_iter: float | None = None, size: tuple[int, int] = (900, 520)) -> np.ndarray:
     """Normal-error ratio against training step (or minutes, given ``seconds_per_iter``), one line per
-    variant (mean over its seeds at the steps every seed reached), as an RGB image (uint8)."""
+    variant (mean over its runs at the steps every run reached), as an RGB image (uint8)."""
     import cv2
 
     curves: dict[str, dict[int, list[float]]] = {}
@@ -204,10 +204,13 @@ def plot_curve(report: dict, seconds_per_iter: float | None = None, size: tuple[
             curves.setdefault(e["variant"], {}).setdefault(int(c["step"]), []).append(float(c["normal_error_ratio"]))
         if curve:  # the last checkpoint: a time budget stops seeds at different steps, so it is averaged apart
             finals.setdefault(e["variant"], []).append((int(curve[-1]["step"]), float(curve[-1]["normal_error_ratio"])))
-    n_seeds = len(report["seeds"])
-    lines = {v: sorted((k, float(np.mean(r))) for k, r in pts.items() if len(r) == n_seeds) for v, pts in curves.items()}
+    n_runs: dict[str, int] = {}
+    for e in report["runs"].values():
+        n_runs[e["variant"]] = n_runs.get(e["variant"], 0) + 1
+    lines = {v: sorted((k, float(np.mean(r))) for k, r in pts.items() if len(r) == n_runs[v])
+             for v, pts in curves.items()}
     for v, pts in finals.items():
-        if len(pts) == n_seeds:
+        if len(pts) == n_runs[v]:
             lines.setdefault(v, []).append((int(np.mean([k for k, _ in pts])), float(np.mean([r for _, r in pts]))))
     lines = {v: pts for v, pts in lines.items() if pts}
     w, h = size
