@@ -183,3 +183,41 @@ def test_fast_conf_is_the_detail_mode_and_test_conf_the_paper():
     assert paper.get_string("model.sdf_network.parameterisation") == "sphere"
     assert paper.get_string("model.ray_tracer.mode") == "idr"
     assert paper.get_string("model.diffuse_normal") == "coarse"
+
+
+def test_detail_mode_end_to_end_on_a_tiny_sample(tmp_path):
+    """fast.conf's detail mode at toy sizes: rays drawn inside the mask, a time budget that stops the
+    run, eval's ground-truth panel, score and band sizing."""
+    import json
+
+    from pbidr.datasets.scan import RaySampler, load_scan
+    from pbidr.evaluation.run_eval import evaluate
+    from pbidr.geometry.cameras import Rig
+    from pbidr.preprocess.pipeline import preprocess
+    from pbidr.preprocess.sample import make_sample
+    from pbidr.training.trainer import Trainer
+
+    make_sample(tmp_path / "raw", grid=(60, 80), texture_size=128)
+    preprocess(tmp_path / "raw", tmp_path / "scan", Rig(yaw=3, yaw_angle=30, res=64), progress=False)
+    sampler = RaySampler(load_scan(tmp_path / "scan"))
+    rays = sampler.sample(500, np.random.default_rng(0), mask_fraction=1.0)
+    assert rays["object_mask"].all() and rays["mesh_hit"].all()
+    assert not sampler.sample(500, np.random.default_rng(0))["object_mask"].all()
+
+    confs = __import__("pathlib").Path(__file__).resolve().parents[2] / "confs"
+    small = {"train.iters": 12, "train.batch_size": 128, "train.plot_freq": 0, "train.checkpoint_freq": 0,
+             "model.sdf_network.dims": [64, 64], "model.sdf_network.skip_in": [1],
+             "model.albedo_network.dims": [16], "model.residual_lowpass_points": 16}
+    run = tmp_path / "run"
+    result = Trainer(tmp_path / "scan", run, confs / "fast.conf", small, progress=False).run()
+    assert result.step == 12
+    budget = Trainer(tmp_path / "scan", tmp_path / "budget", confs / "fast.conf",
+                     {**small, "train.iters": 100000, "train.time_budget_s": 2.0}, progress=False).run()
+    assert 0 < budget.step < 100000 and "time budget" in (tmp_path / "budget" / "log.txt").read_text()
+
+    metrics = evaluate(run, mc_resolution=48, views="2", device="cpu", progress=False)
+    assert metrics["compare"]["ground_truth_panel"] is True
+    assert set(metrics["score"]) >= {"normal_error_ratio", "displacement_correlation", "albedo_leak"}
+    largest = max(abs(metrics["displacement"]["detailed"]["min"]), abs(metrics["displacement"]["detailed"]["max"]))
+    assert metrics["band"] >= 1.25 * largest and metrics["displacement"]["fraction_outside_band"] == 0.0
+    assert json.loads((run / "eval" / "metrics.json").read_text())["score"]["mesh"] == "detailed.obj"

@@ -90,6 +90,7 @@ class _FakeOutput:
         self.mesh_normals_sel = torch.randn(p, 3, generator=g)
         self.mesh_sdf = torch.randn(p, generator=g).requires_grad_(requires_grad)
         self.residual_lowpass = torch.randn(2, generator=g).requires_grad_(requires_grad)
+        self.albedo_step = torch.randn(4, 3, generator=g).requires_grad_(requires_grad)
 
 
 def test_total_is_weighted_sum_and_conf_overrides():
@@ -107,11 +108,13 @@ def test_total_is_weighted_sum_and_conf_overrides():
     detached(out2, gt).total.backward()
     assert out2.mesh_pull_targets.grad is None
     # The detail mode's terms: mean squares, weighted into the total, off by default.
-    reg = PBIDRLoss({"residual_weight": 3.0, "residual_lowpass_weight": 7.0})(out2, gt)
+    reg = PBIDRLoss({"residual_weight": 3.0, "residual_lowpass_weight": 7.0, "albedo_smoothness_weight": 2.0})(out2, gt)
     torch.testing.assert_close(reg.residual, (out2.mesh_sdf ** 2).mean())
     torch.testing.assert_close(reg.residual_lowpass, (out2.residual_lowpass ** 2).mean())
     plain = PBIDRLoss()(out2, gt)
-    torch.testing.assert_close(reg.total - plain.total, 3.0 * reg.residual + 7.0 * reg.residual_lowpass)
+    torch.testing.assert_close(reg.albedo_smoothness, out2.albedo_step.abs().sum(-1).mean())
+    torch.testing.assert_close(reg.total - plain.total,
+                               3.0 * reg.residual + 7.0 * reg.residual_lowpass + 2.0 * reg.albedo_smoothness)
     with pytest.raises(PbidrError):
         PBIDRLoss({"mask_wieght": 1.0})
     with pytest.raises(ValueError):

@@ -65,6 +65,9 @@ class SDFNetwork(nn.Module):
         for l in range(self.n_linear):
             # The layer feeding a skip produces width - d_embed so the concatenation has the nominal width.
             out_dim = widths[l + 1] - d_embed if (l + 1) in self.skip_in else widths[l + 1]
+            if out_dim < 1:
+                raise ValueError(f"sdf_network: layer {l + 1} takes the skip connection, so its width "
+                                 f"{widths[l + 1]} must exceed the encoding's {d_embed} channels (multires {multires})")
             in_dim = widths[l]
             init = None
             if geometric_init:

@@ -152,7 +152,7 @@ class PBIDRLoss(nn.Module):
         normal = normal_loss(out.sdf_normals, out.mesh_normals_sel)
         residual = _mean_square(out.mesh_sdf, rgb)
         lowpass = _mean_square(out.residual_lowpass, rgb)
-        step = getattr(out, "albedo_step", None)
+        step = out.albedo_step
         albedo_smooth = step.abs().sum(-1).mean() if step is not None and step.numel() else rgb.new_zeros(())
         total = (
             self.rgb_weight * rgb
