@@ -99,7 +99,7 @@ class ResidualSDF(nn.Module):
 
     def residual_at(self, points: torch.Tensor) -> torch.Tensor:
         """r (N,) at points on (or near) the coarse mesh, with gradients to the parameters."""
-        d, n, c = self._require_coarse()(points)
+        _, n, c = self._require_coarse()(points)
         out = self.residual.sdf(self._project(points, n, c))
         return self.max_residual * torch.tanh(out / self.max_residual)
 
