@@ -67,6 +67,7 @@ from PIL import Image
 
 from pbidr.errors import PbidrError
 from pbidr.evaluation.metrics import json_safe
+from pbidr.geometry.coarse_distance import closest_point_barycentric
 from pbidr.io.load import load_mesh
 from pbidr.io.mesh import TexturedMesh
 from pbidr.preprocess import sample as face_sample
@@ -159,49 +160,6 @@ def load_sample(sample_dir: str | Path) -> SampleTruth:
 
 
 # ----------------------------------------------------------------------------- closest points
-
-def closest_point_barycentric(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Barycentric coordinates (N, 3) of the point of triangle (a, b, c) closest to p; all (N, 3).
-
-    Ericson, Real-Time Collision Detection 5.1.5, vectorised: the Voronoi region of p decides
-    between a vertex, an edge and the interior.
-    """
-    ab, ac = b - a, c - a
-    ap, bp, cp = p - a, p - b, p - c
-    d1 = np.einsum("ij,ij->i", ab, ap)
-    d2 = np.einsum("ij,ij->i", ac, ap)
-    d3 = np.einsum("ij,ij->i", ab, bp)
-    d4 = np.einsum("ij,ij->i", ac, bp)
-    d5 = np.einsum("ij,ij->i", ab, cp)
-    d6 = np.einsum("ij,ij->i", ac, cp)
-    va = d3 * d6 - d5 * d4
-    vb = d5 * d2 - d1 * d6
-    vc = d1 * d4 - d3 * d2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        total = va + vb + vc
-        bw = np.where(total != 0, vb / total, 0.0)  # interior (degenerate triangles fall to a vertex or edge)
-        cw = np.where(total != 0, vc / total, 0.0)
-        bary = np.stack([1.0 - bw - cw, bw, cw], axis=1)
-        # Ericson tests vertex A, B, edge AB, vertex C, edge AC, edge BC, interior, first match
-        # wins; assigning in reverse order lets the earlier tests override.
-        t = (d4 - d3) / ((d4 - d3) + (d5 - d6))
-        _assign(bary, (va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0), 0.0, 1.0 - t, t)
-        t = d2 / (d2 - d6)
-        _assign(bary, (vb <= 0) & (d2 >= 0) & (d6 <= 0), 1.0 - t, 0.0, t)
-        _assign(bary, (d6 >= 0) & (d5 <= d6), 0.0, 0.0, 1.0)
-        t = d1 / (d1 - d3)
-        _assign(bary, (vc <= 0) & (d1 >= 0) & (d3 <= 0), 1.0 - t, t, 0.0)
-        _assign(bary, (d3 >= 0) & (d4 <= d3), 0.0, 1.0, 0.0)
-        _assign(bary, (d1 <= 0) & (d2 <= 0), 1.0, 0.0, 0.0)
-    bad = ~np.isfinite(bary).all(axis=1)
-    bary[bad] = (1.0, 0.0, 0.0)
-    return bary
-
-
-def _assign(bary: np.ndarray, where: np.ndarray, wa, wb, wc) -> None:
-    for k, w in enumerate((wa, wb, wc)):
-        bary[where, k] = w[where] if isinstance(w, np.ndarray) else w
-
 
 @dataclass
 class Projection:

@@ -82,7 +82,7 @@ class CoarseDistance:
             return ClosestPoints(z, z, np.zeros(0), np.zeros(0, np.int64), z)
         _, face, c = self._tree.squared_distance(self.vertices, self.faces, p)
         tri = self.vertices[self.faces[face]]  # (N, 3, 3)
-        bary = _barycentric(c, tri)
+        bary = closest_point_barycentric(c, tri[:, 0], tri[:, 1], tri[:, 2])
         n = np.einsum("nk,nkd->nd", bary, self.normals[self.faces[face]])
         n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
         off = p - c
@@ -104,20 +104,44 @@ class CoarseDistance:
         return sdf, n, c
 
 
-def _barycentric(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
-    """Barycentric coordinates (N, 3) of points p (N, 3) lying on triangles tri (N, 3, 3)
-    (closest points: inside or on the border), clipped and renormalised for degenerate triangles."""
-    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
-    v0, v1, v2 = b - a, c - a, p - a
-    d00 = np.einsum("nd,nd->n", v0, v0)
-    d01 = np.einsum("nd,nd->n", v0, v1)
-    d11 = np.einsum("nd,nd->n", v1, v1)
-    d20 = np.einsum("nd,nd->n", v2, v0)
-    d21 = np.einsum("nd,nd->n", v2, v1)
-    den = d00 * d11 - d01 * d01
-    ok = den > 1e-30
-    den = np.where(ok, den, 1.0)
-    w1 = np.where(ok, (d11 * d20 - d01 * d21) / den, 1.0 / 3.0)
-    w2 = np.where(ok, (d00 * d21 - d01 * d20) / den, 1.0 / 3.0)
-    bary = np.clip(np.stack([1.0 - w1 - w2, w1, w2], axis=1), 0.0, 1.0)
-    return bary / np.maximum(bary.sum(1, keepdims=True), 1e-12)
+def closest_point_barycentric(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Barycentric coordinates (N, 3) of the point of triangle (a, b, c) closest to p; all (N, 3).
+
+    Ericson, Real-Time Collision Detection 5.1.5, vectorised: the Voronoi region of p decides
+    between a vertex, an edge and the interior.
+    """
+    ab, ac = b - a, c - a
+    ap, bp, cp = p - a, p - b, p - c
+    d1 = np.einsum("ij,ij->i", ab, ap)
+    d2 = np.einsum("ij,ij->i", ac, ap)
+    d3 = np.einsum("ij,ij->i", ab, bp)
+    d4 = np.einsum("ij,ij->i", ac, bp)
+    d5 = np.einsum("ij,ij->i", ab, cp)
+    d6 = np.einsum("ij,ij->i", ac, cp)
+    va = d3 * d6 - d5 * d4
+    vb = d5 * d2 - d1 * d6
+    vc = d1 * d4 - d3 * d2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        total = va + vb + vc
+        bw = np.where(total != 0, vb / total, 0.0)  # interior (degenerate triangles fall to a vertex or edge)
+        cw = np.where(total != 0, vc / total, 0.0)
+        bary = np.stack([1.0 - bw - cw, bw, cw], axis=1)
+        # Ericson tests vertex A, B, edge AB, vertex C, edge AC, edge BC, interior, first match
+        # wins; assigning in reverse order lets the earlier tests override.
+        t = (d4 - d3) / ((d4 - d3) + (d5 - d6))
+        _assign(bary, (va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0), 0.0, 1.0 - t, t)
+        t = d2 / (d2 - d6)
+        _assign(bary, (vb <= 0) & (d2 >= 0) & (d6 <= 0), 1.0 - t, 0.0, t)
+        _assign(bary, (d6 >= 0) & (d5 <= d6), 0.0, 0.0, 1.0)
+        t = d1 / (d1 - d3)
+        _assign(bary, (vc <= 0) & (d1 >= 0) & (d3 <= 0), 1.0 - t, t, 0.0)
+        _assign(bary, (d3 >= 0) & (d4 <= d3), 0.0, 1.0, 0.0)
+        _assign(bary, (d1 <= 0) & (d2 <= 0), 1.0, 0.0, 0.0)
+    bad = ~np.isfinite(bary).all(axis=1)
+    bary[bad] = (1.0, 0.0, 0.0)
+    return bary
+
+
+def _assign(bary: np.ndarray, where: np.ndarray, wa, wb, wc) -> None:
+    for k, w in enumerate((wa, wb, wc)):
+        bary[where, k] = w[where] if isinstance(w, np.ndarray) else w
