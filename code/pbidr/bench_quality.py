@@ -84,17 +84,14 @@ def score_checkpoint(exp_dir: Path, step: int | str, sample_dir: Path, out_obj: 
 
     from pbidr.datasets.scan import load_scan
     from pbidr.evaluation.displacement import displace_along_normals
-    from pbidr.evaluation.run_eval import load_run, world_sdf
+    from pbidr.evaluation.run_eval import load_run, prepare_model, world_sdf
     from pbidr.evaluation.score import score_mesh
-    from pbidr.geometry.cameras import to_normalised
     from pbidr.io.obj import write_obj
 
     run = load_run(exp_dir, step)
     model = run.model.eval()
     data = load_scan(run.scan_dir, (8, 8), [0])
-    model.attach_coarse_mesh(to_normalised(data.mesh.vertices, data.scale_mat), data.mesh.faces,
-                             data.mesh.vertex_normals())
-    model.set_step(run.step)
+    prepare_model(model, data.mesh, data.scale_mat, run.step)
     with torch.no_grad(), parametrize.cached():
         detailed, _ = displace_along_normals(data.mesh, world_sdf(model.sdf_network.sdf, data.scale_mat))
     write_obj(out_obj, detailed, write_texture=False)

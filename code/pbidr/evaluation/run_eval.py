@@ -159,6 +159,15 @@ def level_set_world(sdf: SdfFn, coarse: TexturedMesh, scale_mat: np.ndarray, res
     return LevelSet(vertices=to_world(ls.vertices, scale_mat), faces=ls.faces, stats=stats)
 
 
+def prepare_model(model, coarse: TexturedMesh, scale_mat: np.ndarray, step: int) -> None:
+    """Give a loaded model what its checkpoint does not hold: the coarse mesh (world frame, moved to
+    the normalised one) for the coarse-residual SDF, and the step-driven schedules at ``step``."""
+    from pbidr.geometry.cameras import to_normalised
+
+    model.attach_coarse_mesh(to_normalised(coarse.vertices, scale_mat), coarse.faces, coarse.vertex_normals())
+    model.set_step(step)
+
+
 def band_for_displacement(displacement: np.ndarray, minimum: float, voxel: float, margin: float = 1.25) -> float:
     """Marching-cubes band (world units) that holds the SDF surface measured at the coarse vertices:
     ``margin`` x the largest |displacement| plus two voxels (a crossing cell's corners lie up to a
@@ -457,8 +466,7 @@ def evaluate(
     cam_of = {v: data.cameras[k] for k, v in enumerate(load_idx)}
     scale_mat, coarse = data.scale_mat, data.mesh
     s = _uniform_scale(scale_mat)
-    model.attach_coarse_mesh(to_normalised(coarse.vertices, scale_mat), coarse.faces, coarse.vertex_normals())
-    model.set_step(run.step)
+    prepare_model(model, coarse, scale_mat, run.step)
     band_given = band is not None
     if band is None:
         band = min(DEFAULT_BAND, 0.025 * s)
