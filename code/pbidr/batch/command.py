@@ -22,33 +22,46 @@ def _stages(text: str) -> tuple[str, ...]:
 
 def add_batch_parser(subparsers) -> argparse.ArgumentParser:
     from pbidr.cli import add_rig_args
+    from pbidr.training.conf import PRESET_HELP, PRESETS
+    from pbidr.utils.args import nonneg_float, nonneg_int, positive_int, views_arg
 
     p = subparsers.add_parser(
         "batch", help="many subjects through preprocess, train and eval; resumable; locally or on Ray",
-        description="Run every subject of --inputs (subfolders holding mesh.*, mesh files, or the lines of a list "
-                    "file) through the stages into --out/subjects/ID/. Rerunning the same command finishes only what "
-                    "is missing; a failed subject does not stop the others (exit code 1 if any failed). Writes "
-                    "--out/summary.csv, summary.md and overview.png. See docs/batch.md.")
-    p.add_argument("--inputs", required=True, metavar="DIR_OR_LIST",
+        description="Run every subject of --input (subfolders holding mesh.*, mesh files, or the lines of a list "
+                    "file) through the stages into --output/subjects/ID/. Rerunning the same command finishes only "
+                    "what is missing; a failed subject does not stop the others (exit code 1 if any failed). Writes "
+                    "--output/summary.csv, summary.md and overview.png. See docs/batch.md.")
+    p.add_argument("--input", "-i", "--inputs", dest="inputs", required=True, metavar="DIR_OR_LIST",
                    help="folder of subjects (subfolders with mesh.*, or mesh files), or a text file of paths")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (on a cluster: a path every node sees)")
-    p.add_argument("--conf", default=None, help="HOCON conf for train (default: the original's = confs/test.conf)")
-    p.add_argument("--iters", type=int, default=None, help="training iterations (overrides the conf)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any conf key")
+    p.add_argument("--output", "-o", "--out", dest="out", required=True, metavar="DIR",
+                   help="output folder (on a cluster: a path every node sees)")
+    gc = p.add_mutually_exclusive_group()
+    gc.add_argument("--conf", default=None, metavar="FILE",
+                    help="HOCON conf for train (default: --preset detail = confs/fast.conf; the paper's settings: "
+                         "--preset paper or --conf confs/test.conf)")
+    gc.add_argument("--preset", choices=list(PRESETS), default=None, help=f"a named train conf: {PRESET_HELP}")
+    p.add_argument("--iters", type=positive_int, default=None,
+                   help="training iterations (replaces the conf's; not with --set train.iters)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set any conf key (repeatable)")
     p.add_argument("--stages", type=_stages, default=STAGES, help="comma-separated (default preprocess,train,eval)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: one subject after another in this process; ray: one Ray task per subject")
     p.add_argument("--address", default=None, help="ray: address of a running Ray cluster (default: start a local Ray)")
-    p.add_argument("--cpus-per-job", type=float, default=1.0, help="ray: CPUs per subject (default 1); also its torch threads")
-    p.add_argument("--gpus-per-job", type=float, default=0.0,
+    p.add_argument("--cpus-per-job", type=nonneg_float, default=None,
+                   help="ray: CPUs per subject (default 1); also its torch threads")
+    p.add_argument("--gpus-per-job", type=nonneg_float, default=None,
                    help="ray: GPUs per subject, fractions share a GPU (0.5: two subjects per GPU; default 0)")
-    p.add_argument("--max-parallel", type=int, default=None, help="ray: at most this many subjects at once (default: "
-                   "as many as the resources allow)")
-    p.add_argument("--retries", type=int, default=0, help="retries of a subject after a transient failure (default 0)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
-    p.add_argument("--renderer", default="embree", help="preprocess renderer: embree (default) or pytorch3d")
-    p.add_argument("--mc-resolution", type=int, default=512, help="eval marching-cubes resolution (default 512)")
-    p.add_argument("--eval-views", default="all", help="eval views: all or 1-based numbers like 1,9,17 (default all)")
+    p.add_argument("--max-parallel", type=positive_int, default=None, help="ray: at most this many subjects at once "
+                   "(default: as many as the resources allow)")
+    p.add_argument("--retries", type=nonneg_int, default=0, help="retries of a subject after a transient failure (default 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--renderer", choices=["embree", "pytorch3d"], default="embree",
+                   help="preprocess renderer: embree (default) or pytorch3d")
+    p.add_argument("--units", choices=["mm", "cm", "m"], default=None,
+                   help="the meshes' length unit (as pbidr preprocess --units; default: mm, checked)")
+    p.add_argument("--mc-resolution", type=positive_int, default=512, help="eval marching-cubes resolution (default 512)")
+    p.add_argument("--views", "--eval-views", dest="eval_views", type=views_arg, default="all", metavar="all|I,J,K",
+                   help="eval views: all or 1-based numbers like 1,9,17 (default all)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     add_rig_args(p)
     p.set_defaults(func=cmd_batch)
@@ -57,15 +70,20 @@ def add_batch_parser(subparsers) -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace):
     from pbidr.batch.stages import BatchSettings
-    from pbidr.cli import rig_from_args
+    from pbidr.cli import rig_from_args, train_overrides
+    from pbidr.training.conf import load_conf, resolve_conf
 
-    overrides = list(args.set)
+    overrides, labels = train_overrides(args)  # --iters and --set of one key is an error, as in pbidr train
+    conf = resolve_conf(args.conf, args.preset)
+    load_conf(conf, overrides, labels)  # a bad conf or --set fails before any subject starts
+    items = list(args.set)
     if args.iters is not None:
-        overrides.append(f"train.iters={args.iters}")
+        items.append(f"train.iters={args.iters}")
     threads = max(1, round(args.cpus_per_job)) if args.engine == "ray" else None
-    return BatchSettings(out=Path(args.out).resolve(), stages=args.stages, conf=args.conf, overrides=tuple(overrides),
+    return BatchSettings(out=Path(args.out).resolve(), stages=args.stages, conf=str(conf), overrides=tuple(items),
                          rig=rig_from_args(args), margin=args.margin, renderer=args.renderer, device=args.device,
-                         mc_resolution=args.mc_resolution, eval_views=args.eval_views, threads=threads)
+                         mc_resolution=args.mc_resolution, eval_views=args.eval_views, threads=threads,
+                         units=args.units)
 
 
 def check_settings(out: Path, identity: dict) -> None:
@@ -101,8 +119,18 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from pbidr.batch.subjects import find_subjects
     from pbidr.batch.summary import write_summary
 
-    if args.retries < 0:
-        raise PbidrError(f"--retries {args.retries}: must be 0 or more")
+    from pbidr.utils.device import pick_device
+
+    if args.engine != "ray":  # an option that would be ignored is an error, not a silent default
+        given = [f for f, v in (("--address", args.address), ("--cpus-per-job", args.cpus_per_job),
+                                ("--gpus-per-job", args.gpus_per_job), ("--max-parallel", args.max_parallel))
+                 if v is not None]
+        if given:
+            raise PbidrError(f"{', '.join(given)}: apply to --engine ray only")
+    args.cpus_per_job = 1.0 if args.cpus_per_job is None else args.cpus_per_job
+    args.gpus_per_job = 0.0 if args.gpus_per_job is None else args.gpus_per_job
+    if args.engine == "local":
+        pick_device(args.device)  # on Ray the device is the worker's, checked there
     if args.engine == "ray":
         if args.cpus_per_job < 0 or args.gpus_per_job < 0 or args.cpus_per_job + args.gpus_per_job == 0:
             raise PbidrError("--cpus-per-job / --gpus-per-job: must be non-negative, not both 0")

@@ -36,6 +36,7 @@ class BatchSettings:
     mc_resolution: int = 512
     eval_views: str = "all"
     threads: int | None = None            # torch threads per subject (Ray: its CPUs); None keeps torch's
+    units: str | None = None              # the meshes' length unit (preprocess --units); None: mm, checked
 
     def identity(self) -> dict[str, Any]:
         """What the outputs depend on: a rerun into the same --out must agree (stages and engine may differ)."""
@@ -45,7 +46,7 @@ class BatchSettings:
 
         return {"conf": conf_to_text(load_conf(self.conf, parse_overrides(self.overrides))),
                 "rig": dataclasses.asdict(self.rig), "margin": self.margin, "renderer": self.renderer,
-                "mc_resolution": self.mc_resolution, "eval_views": self.eval_views}
+                "mc_resolution": self.mc_resolution, "eval_views": self.eval_views, "units": self.units}
 
 
 @dataclass
@@ -62,15 +63,10 @@ class SubjectOutcome:
 
 
 def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
-    from pyhocon import ConfigFactory
+    """KEY=VALUE items -> overrides, by the one --set parser of ``pbidr train`` (pbidr.training.conf)."""
+    from pbidr.training.conf import parse_set
 
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise PbidrError(f"--set {item}: expected KEY=VALUE, e.g. train.batch_size=1024")
-        overrides[key.strip()] = ConfigFactory.parse_string(f"v = {value}")["v"]
-    return overrides
+    return parse_set(items)
 
 
 def error_line(exc: BaseException) -> str:
@@ -91,7 +87,7 @@ def _preprocess(subject: Subject, sp: SubjectPaths, settings: BatchSettings, ups
     from pbidr.preprocess.pipeline import preprocess
 
     meta = preprocess(subject.source, sp.scan, settings.rig, renderer=settings.renderer, margin=settings.margin,
-                      device=settings.device, progress=False)
+                      device=settings.device, progress=False, units=settings.units)
     return {"n_views": meta["n_views"]}
 
 

@@ -614,28 +614,32 @@ def _mean(values: list[float]) -> float | None:
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    from pbidr.utils.args import checkpoint_arg, nonneg_float, positive_float, positive_int, views_arg
+
     p = subparsers.add_parser(
         "eval", help="detailed meshes, marching cubes, UV maps, renders and metrics of a trained run",
         description="Evaluate a run of `pbidr train` into EXP_DIR/eval/ (replaced as a whole). Meshes are in "
                     "the input mesh's frame and units. Open eval/compare.png first.")
-    p.add_argument("--exp-dir", required=True, metavar="DIR", help="run directory of `pbidr train`")
-    p.add_argument("--checkpoint", default="latest", metavar="latest|STEP", help="latest (default) or a step number")
-    p.add_argument("--mc-resolution", type=int, default=512, metavar="N",
+    p.add_argument("--input", "-i", "--exp-dir", dest="exp_dir", required=True, metavar="DIR",
+                   help="run directory of `pbidr train` (the eval goes to DIR/eval/)")
+    p.add_argument("--checkpoint", type=checkpoint_arg, default="latest", metavar="latest|STEP",
+                   help="latest (default) or a step number")
+    p.add_argument("--mc-resolution", type=positive_int, default=512, metavar="N",
                    help="marching-cubes cells along the longest side of the face's box (default 512; any integer)")
-    p.add_argument("--views", default="all", metavar="all|I,J,K",
+    p.add_argument("--views", type=views_arg, default="all", metavar="all|I,J,K",
                    help="views to render: all (default) or 1-based numbers like 1,9,17")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    p.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, metavar="N",
+    p.add_argument("--chunk", type=positive_int, default=DEFAULT_CHUNK, metavar="N",
                    help=f"points per SDF query in marching cubes and displacement (memory knob, "
                         f"default {DEFAULT_CHUNK})")
-    p.add_argument("--render-chunk", type=int, default=None, metavar="N",
+    p.add_argument("--render-chunk", type=positive_int, default=None, metavar="N",
                    help="rays per render chunk (default: the conf's train.render_chunk)")
     p.add_argument("--no-rendering", action="store_true", help="skip the network renders, contact sheet and PSNR")
-    p.add_argument("--band", type=float, default=None, metavar="MM",
+    p.add_argument("--band", type=positive_float, default=None, metavar="MM",
                    help=f"marching-cubes band around the coarse mesh in world units (default: 1.25 x the largest "
                         f"measured displacement + 2 voxels, at least {DEFAULT_BAND:g} mm or 2.5%% of the face's "
                         "radius, whichever is smaller)")
-    p.add_argument("--lipschitz", type=float, default=1.5, metavar="L",
+    p.add_argument("--lipschitz", type=nonneg_float, default=1.5, metavar="L",
                    help="marching cubes skips blocks where |sdf| > L x half their diagonal (default 1.5; 0: off, "
                         "for an SDF far from eikonal)")
     p.add_argument("--data", default=None, metavar="SCAN_DIR",

@@ -457,9 +457,13 @@ def add_score_parser(subparsers) -> argparse.ArgumentParser:
         description="Score MESH (world frame, mm; any topology: detailed.obj, detailed_subdivided.obj, sdf_mc.ply) "
                     "against the known detailed surface of a 'pbidr sample' folder. Prints JSON, or writes it to --out.",
     )
-    p.add_argument("--mesh", required=True, help="mesh to score (.obj, .ply, .glb, .gltf)")
+    p.add_argument("--input", "-i", "--mesh", dest="mesh", required=True, metavar="MESH",
+                   help="mesh to score (.obj, .ply, .glb, .gltf)")
     p.add_argument("--sample", required=True, help="folder written by 'pbidr sample' (holds sample.json)")
-    p.add_argument("--out", default=None, help="write the JSON here (atomically) instead of printing it")
+    p.add_argument("--output", "-o", "--out", dest="out", default=None, metavar="JSON",
+                   help="write the JSON here (atomically) instead of printing it")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda, cuda:N (checked; scoring runs on the CPU: closest points with trimesh)")
     p.set_defaults(func=cmd_score)
     return p
 
@@ -469,6 +473,11 @@ def _fmt(x) -> str:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from pbidr.utils.device import pick_device
+
+    pick_device(args.device)
+    if args.out is not None and Path(args.out).is_dir():
+        raise PbidrError(f"--output {args.out}: is a folder; give a JSON file name")
     result = score_mesh(args.mesh, args.sample)
     if args.out:
         write_json(args.out, result)

@@ -16,6 +16,8 @@ Keys the original did not have: ``d_out`` of the shading nets (1 = grey shading 
 
 from __future__ import annotations
 
+import copy
+import functools
 from typing import Any, Optional
 
 from pyhocon import ConfigFactory, ConfigTree
@@ -159,8 +161,14 @@ def _check_keys(user: ConfigTree, default: ConfigTree, where: str) -> None:
             _check_keys(value, default[key], f"{where}.{key}")
 
 
+@functools.lru_cache(maxsize=None)
+def _parsed_default(default_text: str) -> ConfigTree:
+    # parsing the commented defaults costs ~0.1 s each time; callers get a copy
+    return ConfigFactory.parse_string(default_text)
+
+
 def _merged(user: Any, default_text: str, block: str) -> ConfigTree:
-    default = ConfigFactory.parse_string(default_text).get_config(block)
+    default = copy.deepcopy(_parsed_default(default_text)).get_config(block)
     tree = _as_tree(user)
     if block in tree and isinstance(tree[block], ConfigTree) and len(tree) == 1:
         tree = tree.get_config(block)  # accept {model {...}} as well as the block itself

@@ -650,13 +650,16 @@ def cmd_photo(args: argparse.Namespace) -> int:
 
 
 def add_photo_parser(subparsers) -> argparse.ArgumentParser:
+    from pbidr.utils.args import finite_float as _finite_float
+
     p = subparsers.add_parser(
         "photo", help="a textured coarse face mesh from one photo (MediaPipe face mesh; optional extra)",
         description="Detect MediaPipe's 468 face landmarks in PHOTO, mesh them (face toward +z, +y up, mm), "
                     "Loop-subdivide and texture with the photo. Writes RAW_DIR/mesh.obj (+ .mtl, .png), "
                     "landmarks.png (the fit: open it) and photo.json; RAW_DIR then goes to `pbidr preprocess "
                     f"--input RAW_DIR`. Needs the photo extra: {INSTALL_HINT}.")
-    p.add_argument("--image", "-i", required=True, metavar="PHOTO", help="face photo (JPEG, PNG, ...)")
+    p.add_argument("--input", "-i", "--image", dest="image", required=True, metavar="PHOTO",
+                   help="face photo (JPEG, PNG, ...)")
     p.add_argument("--output", "-o", required=True, metavar="RAW_DIR",
                    help="folder to write (new or empty; see --overwrite)")
     p.add_argument("--overwrite", action="store_true",
@@ -664,7 +667,7 @@ def add_photo_parser(subparsers) -> argparse.ArgumentParser:
                         "anything else is never replaced")
     p.add_argument("--subdivide", type=int, default=DEFAULT_SUBDIVIDE, metavar="N",
                    help=f"Loop subdivision steps, each x4 triangles (default {DEFAULT_SUBDIVIDE}: 898 -> 57,472)")
-    p.add_argument("--interocular", type=float, default=DEFAULT_INTEROCULAR_MM, metavar="MM",
+    p.add_argument("--interocular", type=_finite_float, default=DEFAULT_INTEROCULAR_MM, metavar="MM",
                    help=f"distance between the eye centres in mm; sets the scale (default {DEFAULT_INTEROCULAR_MM:g})")
     p.set_defaults(func=cmd_photo)
     return p

@@ -18,7 +18,9 @@ from pbidr import __version__
 from pbidr.geometry.cameras import DEFAULT_MARGIN, Rig, bounding_sphere, cameras_npz_arrays, scale_matrix
 from pbidr.io.load import find_mesh_in_dir, load_mesh
 from pbidr.io.obj import write_obj
+from pbidr.errors import PbidrError
 from pbidr.preprocess.render import make_renderer
+from pbidr.preprocess.units import MM_PER_UNIT, face_height, units_warning
 from pbidr.utils.atomic import file_sha256, save_npz, write_json
 from pbidr.utils.outputs import check_output, stage_output
 from pbidr.utils.images import contact_sheet, write_png
@@ -36,16 +38,24 @@ def preprocess(
     device: str = "auto",
     progress: bool = True,
     overwrite: bool = False,
+    units: str | None = None,
 ) -> dict:
     """Render ``rig``'s views of the mesh found at ``raw`` into the scan directory ``output``.
 
-    An existing scan is replaced only with ``overwrite``; any other non-empty folder is refused."""
+    ``units`` (mm, cm or m) is the mesh's length unit, recorded in meta.json; None assumes millimetres
+    and warns when the face is not 100-300 units tall. An existing scan is replaced only with
+    ``overwrite``; any other non-empty folder is refused."""
     t0 = time.perf_counter()
+    if units is not None and units not in MM_PER_UNIT:
+        raise PbidrError(f"--units {units}: expected one of {', '.join(MM_PER_UNIT)}")
     rig.validate()
     check_output(output, "preprocess", overwrite)
     mesh_path = find_mesh_in_dir(raw)
     mesh = load_mesh(mesh_path)
     warnings = list(mesh.extras.get("warnings", []))
+    height = face_height(mesh.vertices, rig.up)
+    if units is None and (note := units_warning(height)):
+        warnings.append(note)
     for w in warnings:
         print(f"pbidr preprocess: warning: {w}", file=sys.stderr)
     t_load = time.perf_counter() - t0
@@ -105,6 +115,8 @@ def preprocess(
                 "note": "scale_mat maps the normalised unit sphere onto the object's bounding sphere x margin",
             },
             "rig": dataclasses.asdict(rig) | {"angles_yaw_pitch_deg": rig.angles()},
+            "units": {"unit": units or "mm", "declared": units is not None, "face_height": height,
+                      "mm_per_unit": MM_PER_UNIT[units or "mm"]},
             "n_views": len(cameras),
             "image_size": [cameras[0].height, cameras[0].width],
             "renderer": backend.name,

@@ -7,6 +7,10 @@ a typo never silently runs the default. The resolved conf is saved in the run di
 
 from __future__ import annotations
 
+import copy
+import functools
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +49,27 @@ dataset {
 
 BLOCKS = ("train", "dataset", "model", "loss")
 
+# Where the named confs live: confs/ at the repository root (pip install -e . keeps the package there).
+PRESETS = {"detail": "fast.conf", "paper": "test.conf", "pbidr-cpu": "fast_pbidr.conf"}
+DEFAULT_PRESET = "detail"
+PRESET_HELP = ("detail = confs/fast.conf (the default: the detail mode, sized for 2 CPU cores), "
+               "paper = confs/test.conf (the paper's settings, for a GPU: hours on a CPU), "
+               "pbidr-cpu = confs/fast_pbidr.conf (PBIDR's model at CPU size)")
+
+# Keys whose default is written as an integer but which hold seconds (any number).
+_FLOAT_KEYS = {"train.time_budget_s", "train.checkpoint_seconds"}
+# Keys that must be > 0 (every other number must be >= 0: no key of the conf means anything negative).
+_POSITIVE = {"train.batch_size", "train.nepoch", "train.learning_rate", "train.sched_factor", "train.plot_res",
+             "train.render_chunk", "model.sdf_network.max_residual", "model.sdf_network.beta",
+             "model.ray_tracer.object_bounding_sphere", "model.ray_tracer.sdf_threshold",
+             "model.ray_tracer.line_search_step", "model.ray_tracer.band", "model.sdf_chunk",
+             "model.residual_lowpass_radius", "model.residual_lowpass_samples", "loss.alpha", "loss.alpha_factor"}
+_AT_MOST_ONE = {"train.mask_ray_fraction"}
+_CHOICES = {"model.diffuse_normal": ("coarse", "sdf"), "model.sdf_network.d_in": (3,),
+            "model.diffuse_network.d_out": (1, 3), "model.specular_network.d_out": (1, 3)}
+# List keys whose entries must be > 0 (layer widths, image size); other lists hold indices or steps (>= 0).
+_POSITIVE_ENTRIES = ("dims", "img_res")
+
 
 def _check_keys(user: ConfigTree, default: ConfigTree, where: str, source: str) -> None:
     for key, value in user.items():
@@ -55,21 +80,190 @@ def _check_keys(user: ConfigTree, default: ConfigTree, where: str, source: str) 
             _check_keys(value, default[key], f"{where}.{key}", source)
 
 
-def parse_conf(text: str | None = None, source: str = "conf", overrides: dict[str, Any] | None = None) -> ConfigTree:
-    """Parse a conf (HOCON text), apply ``overrides`` (dotted keys) and fill the defaults."""
+def confs_dir() -> Path:
+    """The repository's confs/ folder, found from the package's own location."""
+    root = Path(__file__).resolve().parents[3]
+    path = root / "confs"
+    if not path.is_dir():
+        raise PbidrError(f"{path}: the named confs are not there (pbidr runs from its repository: "
+                         "pip install -e .); pass --conf FILE instead")
+    return path
+
+
+def preset_path(name: str) -> Path:
+    """``--preset NAME`` -> its conf file."""
+    if name not in PRESETS:
+        raise PbidrError(f"--preset {name}: expected one of {', '.join(PRESETS)}")
+    path = confs_dir() / PRESETS[name]
+    if not path.is_file():
+        raise PbidrError(f"{path}: conf file of --preset {name} not found")
+    return path
+
+
+def resolve_conf(conf: str | Path | None, preset: str | None) -> Path:
+    """The conf file the command line asks for: --conf FILE, --preset NAME, or the default (detail)."""
+    if conf is not None and preset is not None:
+        raise PbidrError(f"--conf {conf} and --preset {preset}: give one of them")
+    if conf is not None:
+        path = Path(conf)
+        if not path.is_file():
+            raise PbidrError(f"--conf {conf}: conf file not found")
+        return path
+    return preset_path(preset or DEFAULT_PRESET)
+
+
+def parse_set(items: list[str] | tuple[str, ...] | None) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items -> {dotted key: value}; VALUE is HOCON (5, 1.0e-3, [64, 64], mesh, true).
+
+    The one parser of --set for ``pbidr train`` and ``pbidr batch``; the keys and values are checked
+    against the conf schema by :func:`parse_conf`."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise PbidrError(f"--set {item}: expected KEY=VALUE, e.g. train.batch_size=1024")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+", key):
+            raise PbidrError(f"--set {item}: KEY must be a dotted conf key such as train.batch_size")
+        if key in out:
+            raise PbidrError(f"--set {key}: given twice")
+        if not value.strip():
+            raise PbidrError(f"--set {item}: empty value")
+        try:
+            tree = ConfigFactory.parse_string(f"v = {value}")
+        except Exception as exc:  # pyhocon raises several parser exception types
+            raise PbidrError(f"--set {item}: not a HOCON value ({' '.join(str(exc).split())[:120]}); "
+                             "e.g. 5, 1.0e-3, [64, 64], mesh, true") from None
+        if list(tree.keys()) != ["v"]:
+            raise PbidrError(f"--set {item}: one value expected (quote a string holding commas or '=')")
+        out[key] = tree["v"]
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed(text: str) -> ConfigTree:
+    # pyhocon takes ~0.1 s per commented default block; parse each once (callers get copies)
+    return ConfigFactory.parse_string(text)
+
+
+def _defaults_tree() -> ConfigTree:
+    """Every default key and value (read only)."""
+    from pbidr.model.conf_defaults import DEFAULT_LOSS_CONF, DEFAULT_MODEL_CONF
+
+    return _parsed(DEFAULT_TRAIN_CONF + DEFAULT_MODEL_CONF + DEFAULT_LOSS_CONF)
+
+
+class ConfValueError(PbidrError):
+    """A conf value that does not fit its key; ``key`` says which (for naming the source)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def _choices(key: str) -> tuple | None:
+    if key in _CHOICES:
+        return _CHOICES[key]
+    # the modules that use these values own the lists (imported here, so both always agree)
+    if key == "model.sdf_network.parameterisation":
+        from pbidr.model.pbidr_model import PARAMETERISATIONS
+
+        return PARAMETERISATIONS
+    if key == "model.ray_tracer.mode":
+        from pbidr.model.ray_tracing import RayTracerConfig
+
+        return RayTracerConfig.MODES
+    if key == "loss.mesh_pull_norm":
+        from pbidr.training.losses import _MESH_PULL_NORMS
+
+        return _MESH_PULL_NORMS
+    return None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_value(key: str, value: Any, default: Any) -> None:
+    """Raise ConfValueError when ``value`` does not fit the type, range or choices of ``key``."""
+    def bad(why: str) -> None:
+        raise ConfValueError(key, f"{key} = {value!r}: {why}")
+
+    choices = _choices(key)
+    if isinstance(default, ConfigTree):
+        bad("expected a block { ... }")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            bad("expected true or false")
+        return
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            bad(f"expected one of {', '.join(choices)}" if choices else "expected a string")
+        if choices and value not in choices:
+            bad(f"expected one of {', '.join(choices)}")
+        return
+    if isinstance(default, list):
+        if not isinstance(value, list):
+            bad("expected a list like [1, 2]")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            bad("expected a list of integers")
+        least = 1 if key.rsplit(".", 1)[-1] in _POSITIVE_ENTRIES else 0
+        if any(v < least for v in value):
+            bad(f"every entry must be >= {least}")
+        return
+    if not _is_number(value):
+        bad("expected a number")
+    if isinstance(default, int) and key not in _FLOAT_KEYS and not isinstance(value, int):
+        bad("expected an integer")
+    if not math.isfinite(float(value)):
+        bad("expected a finite number")
+    if choices and value not in choices:
+        bad(f"expected one of {', '.join(str(c) for c in choices)}")
+    if key in _POSITIVE and not value > 0:
+        bad("must be > 0")
+    if value < 0:
+        bad("must be >= 0")
+    if key in _AT_MOST_ONE and value > 1:
+        bad("must be in [0, 1]")
+
+
+def _check_values(conf: ConfigTree, defaults: ConfigTree, where: str = "") -> None:
+    for key, default in defaults.items():
+        full = f"{where}{key}"
+        value = conf.get(key)
+        if isinstance(default, ConfigTree) and isinstance(value, ConfigTree):
+            _check_values(value, default, full + ".")
+        else:
+            _check_value(full, value, default)
+
+
+def _check_builds(conf: ConfigTree) -> None:
+    """Build the model and the loss once on the CPU, so what only they check fails now, not after the
+    scan is read. The RNG state is left as it was (building draws initial weights)."""
+    import torch
+
+    from pbidr.model.pbidr_model import PBIDRModel
+    from pbidr.training.losses import PBIDRLoss
+
     try:
-        user = ConfigFactory.parse_string(text or "")
-    except Exception as exc:  # pyhocon raises several parser exception types
-        raise PbidrError(f"{source}: not valid HOCON ({' '.join(str(exc).split())})") from None
-    for key in user.keys():
-        if key not in BLOCKS:
-            raise PbidrError(f"{source}: unknown block '{key}' (expected {', '.join(BLOCKS)})")
-    for key, value in (overrides or {}).items():
-        user.put(key, value)
-    defaults = ConfigFactory.parse_string(DEFAULT_TRAIN_CONF)
+        with torch.random.fork_rng(devices=[]):
+            PBIDRModel(conf.get_config("model"))
+            PBIDRLoss(conf.get_config("loss"))
+    except (ValueError, TypeError, KeyError, IndexError, ConfigException) as exc:
+        raise PbidrError(" ".join(str(exc).split()) or exc.__class__.__name__) from None
+
+
+def _build(user: ConfigTree, source: str) -> ConfigTree:
+    """The user's blocks over the defaults, every key and value checked; errors start with ``source``."""
+    defaults = copy.deepcopy(_parsed(DEFAULT_TRAIN_CONF))
     for block in ("train", "dataset"):
         if block in user:
+            if not isinstance(user[block], ConfigTree):
+                raise PbidrError(f"{source}: {block} must be a block {{ ... }}")
             _check_keys(user.get_config(block), defaults.get_config(block), block, source)
+    for block in ("model", "loss"):
+        if block in user and not isinstance(user[block], ConfigTree):
+            raise PbidrError(f"{source}: {block} must be a block {{ ... }}")
     try:
         model = model_conf(user.get_config("model") if "model" in user else None)
         loss = loss_conf(user.get_config("loss") if "loss" in user else None)
@@ -82,30 +276,81 @@ def parse_conf(text: str | None = None, source: str = "conf", overrides: dict[st
              if "dataset" in user else defaults.get_config("dataset"))
     conf.put("model", model)
     conf.put("loss", loss)
-    try:  # touch every typed value now so a wrong type fails at start, not mid-run
-        _ = [conf.get_int(f"train.{k}") for k in ("batch_size", "nepoch", "iters", "checkpoint_freq", "plot_freq",
-                                                   "plot_view", "plot_res", "render_chunk", "seed",
-                                                   "keep_checkpoints")]
-        _ = conf.get_float("train.learning_rate"), conf.get_float("train.sched_factor")
-        _ = conf.get_float("train.checkpoint_seconds")
-        _ = conf.get_list("train.sched_milestones"), conf.get_list("dataset.img_res"), conf.get_list("dataset.views")
-    except (ConfigException, ValueError, TypeError) as exc:
-        raise PbidrError(f"{source}: {' '.join(str(exc).split())}") from None
-    if conf.get_int("train.batch_size") <= 0:
-        raise PbidrError(f"{source}: train.batch_size must be positive")
+    try:
+        _check_values(conf, _defaults_tree())
+    except ConfValueError as err:
+        raise ConfValueError(err.key, f"{source}: {err}") from None
     if len(conf.get_list("dataset.img_res")) not in (0, 2):
         raise PbidrError(f"{source}: dataset.img_res must be [] or [H, W]")
+    try:
+        _check_builds(conf)
+    except PbidrError as err:
+        raise PbidrError(f"{source}: {err}") from None
     return conf
 
 
-def load_conf(path: str | Path | None, overrides: dict[str, Any] | None = None) -> ConfigTree:
-    """Read a conf file (None: the defaults = the original's settings)."""
+def parse_conf(text: str | None = None, source: str = "conf", overrides: dict[str, Any] | None = None,
+               labels: dict[str, str] | None = None) -> ConfigTree:
+    """Parse a conf (HOCON text), apply ``overrides`` (dotted keys) and fill the defaults.
+
+    Every key and value is checked. A fault of the text itself is reported as ``source: ...``; one an
+    override brings in as the override's label (``labels[key]``, by default ``--set KEY=VALUE``)."""
+    try:
+        user = ConfigFactory.parse_string(text or "")
+    except Exception as exc:  # pyhocon raises several parser exception types
+        raise PbidrError(f"{source}: not valid HOCON ({' '.join(str(exc).split())})") from None
+    for key in user.keys():
+        if key not in BLOCKS:
+            raise PbidrError(f"{source}: unknown block '{key}' (expected {', '.join(BLOCKS)})")
+    conf = _build(user, source)
+    if not overrides:
+        return conf
+    labels = labels or {}
+
+    def label(key: str) -> str:
+        return labels.get(key) or f"--set {key}={_hocon(overrides[key])}"
+
+    defaults = _defaults_tree()
+    for key in overrides:
+        head, _, leaf = key.rpartition(".")
+        if head.split(".")[0] not in BLOCKS:
+            raise PbidrError(f"{label(key)}: unknown block '{key.split('.')[0]}' (expected {', '.join(BLOCKS)})")
+        parent = defaults.get(head, None) if head else defaults
+        if not isinstance(parent, ConfigTree) or leaf not in parent:
+            known = ", ".join(sorted(parent.keys())) if isinstance(parent, ConfigTree) else "none"
+            raise PbidrError(f"{label(key)}: unknown key {key} (known in {head}: {known})")
+    for key, value in overrides.items():
+        user.put(key, value, append=False)
+    try:
+        return _build(user, "--set")
+    except ConfValueError as err:
+        culprit = next((k for k in overrides if err.key == k or err.key.startswith(k + ".")), None)
+        text_ = str(err).removeprefix("--set: ")
+        raise PbidrError(f"{label(culprit)}: {text_}" if culprit else f"{source}: {text_}") from None
+    except PbidrError as err:
+        text_ = str(err).removeprefix("--set: ")
+        raise PbidrError(f"{' '.join(label(k) for k in overrides)}: {text_}") from None
+
+
+def _hocon(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def load_conf(path: str | Path | None, overrides: dict[str, Any] | None = None,
+              labels: dict[str, str] | None = None) -> ConfigTree:
+    """Read a conf file (None: the built-in defaults = the original's settings, as confs/test.conf)."""
     if path is None:
-        return parse_conf(None, "defaults", overrides)
+        return parse_conf(None, "defaults", overrides, labels)
     path = Path(path)
     if not path.is_file():
         raise PbidrError(f"{path}: conf file not found")
-    return parse_conf(path.read_text(), str(path), overrides)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PbidrError(f"{path}: unreadable ({exc.__class__.__name__})") from None
+    return parse_conf(text, str(path), overrides, labels)
 
 
 def conf_to_text(conf: ConfigTree) -> str:
