@@ -4,13 +4,14 @@
 #   --quick          2 subjects, 30 iterations (a smoke run)
 #   other flags go to the benchmark (--subjects N --iters N --res N --gpus 1,0.5 --workdir DIR --json FILE)
 # Each run needs a fresh --workdir (default bench/batch-<date-time>).
+# --help before _env.sh: printing help must not create or install the venv
+for a in "$@"; do case "$a" in -h|--help) sed -n '2,6p' "$0"; exit 0 ;; esac; done
 source "$(dirname "$0")/_env.sh"
 "$PY" -c "import ray" 2>/dev/null || "$PY" -m pip install --quiet -r "$ROOT/requirements-ray.txt"
 ARGS=(--workdir "bench/batch-$(date +%Y%m%d-%H%M%S)")
 for a in "$@"; do
     case "$a" in
         --quick) ARGS+=(--subjects 2 --iters 30 --json bench/batch_quick.json) ;;
-        -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
         *) ARGS+=("$a") ;;
     esac
 done

@@ -1,30 +1,31 @@
 #!/usr/bin/env bash
 # Evaluate a run. With no arguments: the latest run of fast_train.sh (exps/fast_scan0/<newest with a checkpoint>).
-#   --exp-dir DIR       evaluate this run directory                  (env EXP_DIR)
+#   -i, --input DIR     evaluate this run directory (alias --exp-dir) (env EXP_DIR)
 #   --exp_name NAME     runs under exps/NAME_scanID/                 (env EXP_NAME,   default fast)
 #   --scan_id ID        scan id of the run                           (env SCAN_ID,    default 0)
 #   --timestamp TS      that run (exps/NAME_scanID/TS) instead of the newest one
 #   --checkpoint C      latest or a step number                      (env CHECKPOINT, default latest)
-#   --resolution N      marching-cubes resolution                    (env RESOLUTION, default 512)
+#   --mc-resolution N   marching-cubes resolution (alias --resolution) (env MC_RESOLUTION, default 512)
 #   --eval_rendering    render the views (the default; --no-rendering skips them)
 #   --gpu N             CUDA device N (the original's flag); --device auto|cpu|cuda[:N] (env DEVICE, default auto)
 #   other flags go to `pbidr eval` (e.g. --views 1,9,17 --band 3 --chunk 65536 --quiet)
 # Writes DIR/eval/ (open DIR/eval/compare.png first).
+# --help before _env.sh: printing help must not create or install the venv
+for a in "$@"; do case "$a" in -h|--help) sed -n '2,12p' "$0"; exit 0 ;; esac; done
 source "$(dirname "$0")/_env.sh"
 EXP_DIR="${EXP_DIR:-}"; EXP_NAME="${EXP_NAME:-fast}"; SCAN_ID="${SCAN_ID:-0}"; TIMESTAMP=""
-CHECKPOINT="${CHECKPOINT:-latest}"; RESOLUTION="${RESOLUTION:-512}"; DEVICE="${DEVICE:-auto}"; EXTRA=()
+CHECKPOINT="${CHECKPOINT:-latest}"; RESOLUTION="${MC_RESOLUTION:-${RESOLUTION:-512}}"; DEVICE="${DEVICE:-auto}"; EXTRA=()
 while [ $# -gt 0 ]; do
     case "$1" in
-        --exp-dir|--exp_dir) EXP_DIR="$2"; shift 2 ;;
+        -i|--input|--exp-dir|--exp_dir) EXP_DIR="$2"; shift 2 ;;
         --exp_name) EXP_NAME="$2"; shift 2 ;;
         --scan_id) SCAN_ID="$2"; shift 2 ;;
         --timestamp) TIMESTAMP="$2"; shift 2 ;;
         --checkpoint) CHECKPOINT="$2"; shift 2 ;;
-        --resolution) RESOLUTION="$2"; shift 2 ;;
+        --mc-resolution|--resolution) RESOLUTION="$2"; shift 2 ;;
         --eval_rendering) shift ;;
         --gpu) DEVICE="cuda:$2"; shift 2 ;;
         --device) DEVICE="$2"; shift 2 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) EXTRA+=("$1"); shift ;;
     esac
 done
@@ -42,5 +43,5 @@ if [ -z "$EXP_DIR" ]; then
 fi
 echo "[pbidr] evaluating $EXP_DIR"
 # --overwrite: a rerun replaces the run's earlier eval/ (it only ever replaces an eval output)
-exec pbidr eval --overwrite --exp-dir "$EXP_DIR" --checkpoint "$CHECKPOINT" --mc-resolution "$RESOLUTION" --device "$DEVICE" \
+exec pbidr eval --overwrite --input "$EXP_DIR" --checkpoint "$CHECKPOINT" --mc-resolution "$RESOLUTION" --device "$DEVICE" \
     ${EXTRA[@]+"${EXTRA[@]}"}

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Set up .venv (first run only) and run the test suite. Extra arguments go to pytest.
+# Set up .venv (first run only) and run the test suite. Extra arguments go to pytest (e.g. -k train -x).
+# --help before _env.sh: printing help must not create or install the venv
+for a in "$@"; do case "$a" in -h|--help) sed -n '2,2p' "$0"; exit 0 ;; esac; done
 source "$(dirname "$0")/_env.sh"
 # The Ray engine of `pbidr batch` is an optional extra, but the suite tests it on a local Ray.
 "$PY" -c "import ray" 2>/dev/null || "$PY" -m pip install --quiet -r "$ROOT/requirements-ray.txt"

@@ -651,16 +651,25 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _mm(value: float, signed: bool = False) -> str:
+    """A length in mm to 0.1 um (facial detail is 0.01-1 mm), e.g. +0.0123 mm."""
+    return f"{value:+.4f} mm" if signed else f"{value:.4f} mm"
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     m = evaluate(args.exp_dir, checkpoint=args.checkpoint, mc_resolution=args.mc_resolution, views=args.views,
                  device=args.device, chunk=args.chunk, eval_rendering=not args.no_rendering, progress=not args.quiet,
                  band=args.band, render_chunk=args.render_chunk, scan_dir=args.data,
                  lipschitz=args.lipschitz if args.lipschitz > 0 else None, overwrite=args.overwrite)
+    from pbidr.preprocess.units import scan_units
+
     out = Path(args.exp_dir) / EVAL_DIR
     d = m["displacement"]["detailed_subdivided"]
+    unit, mm = scan_units(m["scan_dir"])  # the world frame is in the scan's units; people read millimetres
     lines = [f"eval of step {m['step']} written to {out} in {m['timings']['total_s']:.1f} s",
-             f"  displacement: mean {d['mean']:+.3f}, std {d['std']:.3f}, range {d['min']:+.3f} .. {d['max']:+.3f} "
-             f"(world units)"]
+             f"  displacement: mean {_mm(d['mean'] * mm, True)}, std {_mm(d['std'] * mm)}, range "
+             f"{_mm(d['min'] * mm, True)} .. {_mm(d['max'] * mm, True)}"
+             + ("" if unit == "mm" else f" (the scan is in {unit}: x {mm:g})")]
     mc = m["marching_cubes"]
     if "error" not in mc:
         lines.append(f"  marching cubes {mc['resolution']}: {mc['n_faces']} faces, {mc['n_sdf_evals']:,} SDF evals "

@@ -54,6 +54,23 @@ CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.pt"
 LOCK = ".lock"
 CHECKSUM_SUFFIX = ".sha256"
+# The first steps timed for the run-time estimate (the very first one, warming caches, is left out),
+# and the projected time above which the estimate is printed.
+ESTIMATE_STEPS = 5
+LONG_RUN_S = 3600.0
+
+
+def long_run_warning(s_per_iter: float, remaining_steps: int, device: torch.device | str,
+                     budget_s: float = 0.0) -> str | None:
+    """One line when ``remaining_steps`` at ``s_per_iter`` (measured) will take over LONG_RUN_S."""
+    projected = s_per_iter * remaining_steps
+    if budget_s > 0:
+        projected = min(projected, budget_s)  # train.time_budget_s stops the run earlier
+    if projected <= LONG_RUN_S:
+        return None
+    return (f"at {s_per_iter:.2f} s/it on {device} the remaining {remaining_steps:,} steps take about "
+            f"{projected / 3600:.1f} h; for a CPU-sized run use the default conf (--preset detail = "
+            "confs/fast.conf) or fewer --iters (Ctrl-C saves a checkpoint; --resume continues)")
 
 
 @dataclass
@@ -242,7 +259,7 @@ class Trainer:
                 self._notes.append(f"{self.exp_dir}: holds no run yet; starting it from step 0")
             conf = load_conf(conf_path, overrides)
         if scan_dir is None:
-            raise PbidrError("--data SCAN_DIR is required for a new run")
+            raise PbidrError("--input/--data SCAN_DIR is required for a new run")
         self.scan_dir = Path(scan_dir)
         self.conf = conf
         tc = conf.get_config("train")
@@ -430,6 +447,15 @@ class Trainer:
                     raise PbidrError(f"non-finite loss at step {self.step + 1} ({bad}); stopped; the last good "
                                      f"state is {path} (lower train.learning_rate or check the data)") from None
                 dt = time.perf_counter() - t0
+                done_here = self.step - start_step
+                if done_here == 1:
+                    t_timed = time.perf_counter()
+                elif done_here == 1 + ESTIMATE_STEPS:
+                    note = long_run_warning((time.perf_counter() - t_timed) / ESTIMATE_STEPS,
+                                            self.total_steps - self.step, self.device, budget)
+                    if note:
+                        _warn(note, "note")
+                        self._log(f"# {note}")
                 last = terms.as_floats()
                 rays_s = self.batch_size / max(dt, 1e-9)
                 bar.update(1)
