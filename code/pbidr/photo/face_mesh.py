@@ -650,7 +650,7 @@ def cmd_photo(args: argparse.Namespace) -> int:
 
 
 def add_photo_parser(subparsers) -> argparse.ArgumentParser:
-    from pbidr.utils.args import finite_float as _finite_float
+    from pbidr.utils.args import finite_float as _finite_float, nonneg_int as _nonneg_int
 
     p = subparsers.add_parser(
         "photo", help="a textured coarse face mesh from one photo (MediaPipe face mesh; optional extra)",
@@ -665,7 +665,7 @@ def add_photo_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace RAW_DIR when it is a previous `pbidr photo` output (atomically); a folder holding "
                         "anything else is never replaced")
-    p.add_argument("--subdivide", type=int, default=DEFAULT_SUBDIVIDE, metavar="N",
+    p.add_argument("--subdivide", type=_nonneg_int, default=DEFAULT_SUBDIVIDE, metavar="N",
                    help=f"Loop subdivision steps, each x4 triangles (default {DEFAULT_SUBDIVIDE}: 898 -> 57,472)")
     p.add_argument("--interocular", type=_finite_float, default=DEFAULT_INTEROCULAR_MM, metavar="MM",
                    help=f"distance between the eye centres in mm; sets the scale (default {DEFAULT_INTEROCULAR_MM:g})")
