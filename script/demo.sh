@@ -48,7 +48,7 @@ bash script/fast_train.sh --scan_id "$SCAN_ID" --device "${DEVICE:-auto}"
 T2=$(date +%s)
 RUN="$(ls -d "exps/fast_scan$SCAN_ID"/*/ | sort | tail -n 1)"; RUN="${RUN%/}"
 stage "eval ($RUN)"
-bash script/fast_eval.sh --exp-dir "$RUN" --device "${DEVICE:-auto}" --views "${EVAL_VIEWS:-1,9,17}"
+bash script/fast_eval.sh --input "$RUN" --device "${DEVICE:-auto}" --views "${EVAL_VIEWS:-1,9,17}"
 T3=$(date +%s)
 echo
 echo "[pbidr] demo finished in $((T3 - T0)) s (preprocess $((T1 - T0)) s, train $((T2 - T1)) s, eval $((T3 - T2)) s)."

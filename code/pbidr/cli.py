@@ -112,7 +112,7 @@ def train_overrides(args: argparse.Namespace) -> tuple[dict, dict]:
             raise PbidrError(f"{label} and --set {key}={sets[key]}: both set {key}; give only one")
     overrides = dict(sets)
     overrides.update({k: v for k, (_, v) in flags.items()})
-    return overrides, {k: label for k, (label, _) in flags.items()}
+    return overrides, {**sets.labels, **{k: label for k, (label, _) in flags.items()}}
 
 
 def cmd_train(args: argparse.Namespace) -> int:

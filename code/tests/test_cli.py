@@ -176,7 +176,6 @@ def test_batch_checks_before_any_subject(scan, tmp_path, capsys):
     from pbidr.batch.command import settings_from_args
 
     args = cli.build_parser().parse_args(["batch", "-i", str(inputs), "-o", str(tmp_path / "out")])
-    args.cpus_per_job, args.gpus_per_job = 1.0, 0.0
     assert Path(settings_from_args(args).conf) == REPO / "confs" / "fast.conf"  # the same default as train
 
 

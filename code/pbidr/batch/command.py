@@ -79,7 +79,8 @@ def settings_from_args(args: argparse.Namespace):
     items = list(args.set)
     if args.iters is not None:
         items.append(f"train.iters={args.iters}")
-    threads = max(1, round(args.cpus_per_job)) if args.engine == "ray" else None
+    cpus = 1.0 if args.cpus_per_job is None else args.cpus_per_job  # --cpus-per-job's default
+    threads = max(1, round(cpus)) if args.engine == "ray" else None
     return BatchSettings(out=Path(args.out).resolve(), stages=args.stages, conf=str(conf), overrides=tuple(items),
                          rig=rig_from_args(args), margin=args.margin, renderer=args.renderer, device=args.device,
                          mc_resolution=args.mc_resolution, eval_views=args.eval_views, threads=threads,

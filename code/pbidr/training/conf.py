@@ -112,12 +112,20 @@ def resolve_conf(conf: str | Path | None, preset: str | None) -> Path:
     return preset_path(preset or DEFAULT_PRESET)
 
 
-def parse_set(items: list[str] | tuple[str, ...] | None) -> dict[str, Any]:
+class SetOverrides(dict):
+    """{dotted key: value} from --set, with ``labels``: each key's item as typed (``--set KEY=VALUE``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.labels: dict[str, str] = {}
+
+
+def parse_set(items: list[str] | tuple[str, ...] | None) -> SetOverrides:
     """``--set KEY=VALUE`` items -> {dotted key: value}; VALUE is HOCON (5, 1.0e-3, [64, 64], mesh, true).
 
     The one parser of --set for ``pbidr train`` and ``pbidr batch``; the keys and values are checked
     against the conf schema by :func:`parse_conf`."""
-    out: dict[str, Any] = {}
+    out = SetOverrides()
     for item in items or []:
         key, sep, value = str(item).partition("=")
         key = key.strip()
@@ -137,6 +145,7 @@ def parse_set(items: list[str] | tuple[str, ...] | None) -> dict[str, Any]:
         if list(tree.keys()) != ["v"]:
             raise PbidrError(f"--set {item}: one value expected (quote a string holding commas or '=')")
         out[key] = tree["v"]
+        out.labels[key] = f"--set {item}"
     return out
 
 
@@ -305,7 +314,7 @@ def parse_conf(text: str | None = None, source: str = "conf", overrides: dict[st
     conf = _build(user, source)
     if not overrides:
         return conf
-    labels = labels or {}
+    labels = {**getattr(overrides, "labels", {}), **(labels or {})}
 
     def label(key: str) -> str:
         return labels.get(key) or f"--set {key}={_hocon(overrides[key])}"
@@ -333,6 +342,9 @@ def parse_conf(text: str | None = None, source: str = "conf", overrides: dict[st
 
 
 def _hocon(value: Any) -> str:
+    """A value as it would be typed after --set KEY= (for an override that came without its text)."""
+    if isinstance(value, ConfigTree):
+        return "{" + " ".join(HOCONConverter.to_hocon(value).split()) + "}"
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
