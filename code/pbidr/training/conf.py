@@ -1,8 +1,12 @@
 """The run configuration: HOCON with ``train``, ``dataset``, ``model`` and ``loss`` blocks.
 
 A conf file needs only the keys it changes; everything else falls back to the defaults here and
-in ``pbidr.model.conf_defaults`` (the original's settings). Unknown keys are an error at start, so
-a typo never silently runs the default. The resolved conf is saved in the run directory.
+in ``pbidr.model.conf_defaults`` (the original's settings). Every key and value is checked at start
+(unknown keys, types, ranges, choices, and whether the model builds), so a typo never silently runs
+the default and never fails after the scan is read; the one-line error names the conf file or the
+``--set`` item at fault. The command line's named confs (``--preset``) live in the repository's
+confs/; its default is the detail mode (confs/fast.conf). The resolved conf is saved in the run
+directory.
 """
 
 from __future__ import annotations

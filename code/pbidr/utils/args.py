@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -63,22 +62,18 @@ def views_arg(text: str) -> str:
     """``all`` or 1-based view numbers like ``1,9,17`` (checked against the scan later)."""
     if text.strip().lower() == "all":
         return text
-    parts = [p for p in text.replace(" ", "").split(",")]
-    if not parts or not all(p.isdigit() and int(p) >= 1 for p in parts):
+    parts = text.replace(" ", "").split(",")
+    if not all(p.isdigit() and int(p) >= 1 for p in parts):
         raise argparse.ArgumentTypeError(f"expected 'all' or 1-based view numbers like 1,9,17, got {text!r}")
     return text
 
 
 def checkpoint_arg(text: str) -> str:
     """``latest`` or a step number."""
-    if text != "latest" and not (text.isdigit()):
+    if text != "latest" and not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected 'latest' or a step number, got {text!r}")
     return text
 
 
 def add_device_arg(p: argparse.ArgumentParser, note: str = "") -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N" + note)
-
-
-def stderr_line(text: str) -> None:
-    print(" ".join(str(text).split()), file=sys.stderr, flush=True)
