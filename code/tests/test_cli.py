@@ -127,7 +127,8 @@ def test_trainer_prints_the_estimate_from_its_first_steps(scan, tmp_path, capsys
     (["--seed", "1", "--set", "train.seed=2"], ["--seed 1", "--set train.seed=2"]),
     (["--set", "model.sdf_network.dims=[64,"], ["--set model.sdf_network.dims=[64,", "not a HOCON value"]),
     (["--set", "model.ray_tracer.mode=foo"], ["--set model.ray_tracer.mode=foo", "idr, mesh"]),
-    (["--set", "train.batch_sise=512"], ["--set train.batch_sise=512", "unknown key train.batch_sise"]),
+    (["--set", "train.batch_sise=512"], ["--set train.batch_sise=512", "unknown key train.batch_sise",
+                                          "did you mean batch_size?"]),
     (["--set", "train.batch_size=0"], ["--set train.batch_size=0", "must be > 0"]),
     (["--set", "model.sdf_network.skip_in=[7]"], ["--set model.sdf_network.skip_in=[7]", "skip_in"]),
     (["--set", "train.iters"], ["--set train.iters", "KEY=VALUE"]),
@@ -190,7 +191,8 @@ def test_a_missing_cuda_index_is_refused_everywhere(sphere_raw, tmp_path, capsys
     n = torch.cuda.device_count()
     for argv in (["preprocess", "-i", str(sphere_raw), "-o", str(tmp_path / "scan")],
                  ["sample", "-o", str(tmp_path / "sample")],
-                 ["score", "-i", str(tmp_path / "m.obj"), "--sample", str(tmp_path)]):
+                 ["score", "-i", str(tmp_path / "m.obj"), "--sample", str(tmp_path)],
+                 ["photo", "-i", str(tmp_path / "p.png"), "-o", str(tmp_path / "raw")]):
         _one_line(capsys, cli.main(argv + ["--device", f"cuda:{n + 3}"]), f"--device cuda:{n + 3}")
     assert not (tmp_path / "scan").exists() and not (tmp_path / "sample").exists()
 
@@ -264,7 +266,7 @@ def test_every_subcommand_has_a_description_device_and_the_same_flag_names():
     for name, p in subs.items():
         assert p.description and len(p.description) > 40, name
         opts = {o: a.dest for a in p._actions for o in a.option_strings}
-        if name not in ("bench", "photo"):
+        if name != "bench":
             assert "--device" in opts, name
         if name not in ("bench", "sample"):  # the two that read no input
             assert opts.get("-i") == opts.get("--input") and "--input" in opts, name

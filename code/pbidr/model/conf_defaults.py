@@ -17,6 +17,7 @@ Keys the original did not have: ``d_out`` of the shading nets (1 = grey shading 
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 from typing import Any, Optional
 
@@ -156,7 +157,9 @@ def _as_tree(conf: Any) -> ConfigTree:
 def _check_keys(user: ConfigTree, default: ConfigTree, where: str) -> None:
     for key, value in user.items():
         if key not in default:
-            raise PbidrError(f"{where}.{key}: unknown config key; known: {', '.join(sorted(default.keys()))}")
+            close = difflib.get_close_matches(key, list(default.keys()), n=1, cutoff=0.75)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise PbidrError(f"{where}.{key}: unknown config key{hint}; known: {', '.join(sorted(default.keys()))}")
         if isinstance(value, ConfigTree) and isinstance(default[key], ConfigTree):
             _check_keys(value, default[key], f"{where}.{key}")
 

@@ -638,6 +638,9 @@ def _mediapipe_version() -> str:
 
 
 def cmd_photo(args: argparse.Namespace) -> int:
+    from pbidr.utils.device import pick_device
+
+    pick_device(args.device)  # checked like every stage's; MediaPipe's face mesh runs on the CPU
     info = photo_to_raw(args.image, args.output, subdivide=args.subdivide, interocular_mm=args.interocular,
                         overwrite=args.overwrite)
     t = info["timings"]
@@ -665,6 +668,8 @@ def add_photo_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace RAW_DIR when it is a previous `pbidr photo` output (atomically); a folder holding "
                         "anything else is never replaced")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda, cuda:N (checked; the landmarks are found on the CPU)")
     p.add_argument("--subdivide", type=_nonneg_int, default=DEFAULT_SUBDIVIDE, metavar="N",
                    help=f"Loop subdivision steps, each x4 triangles (default {DEFAULT_SUBDIVIDE}: 898 -> 57,472)")
     p.add_argument("--interocular", type=_finite_float, default=DEFAULT_INTEROCULAR_MM, metavar="MM",

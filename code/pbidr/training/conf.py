@@ -12,6 +12,7 @@ directory.
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import math
 import re
@@ -75,11 +76,18 @@ _CHOICES = {"model.diffuse_normal": ("coarse", "sdf"), "model.sdf_network.d_in":
 _POSITIVE_ENTRIES = ("dims", "img_res")
 
 
+def did_you_mean(key: str, known) -> str:
+    """' (did you mean batch_size?)' for a near miss of one of ``known``, else ''."""
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def _check_keys(user: ConfigTree, default: ConfigTree, where: str, source: str) -> None:
     for key, value in user.items():
         if key not in default:
             known = ", ".join(sorted(default.keys()))
-            raise PbidrError(f"{source}: unknown key {where}.{key} (known in {where}: {known})")
+            raise PbidrError(f"{source}: unknown key {where}.{key}{did_you_mean(key, default.keys())} "
+                             f"(known in {where}: {known})")
         if isinstance(value, ConfigTree) and isinstance(default[key], ConfigTree):
             _check_keys(value, default[key], f"{where}.{key}", source)
 
@@ -331,7 +339,8 @@ def parse_conf(text: str | None = None, source: str = "conf", overrides: dict[st
         parent = defaults.get(head, None) if head else defaults
         if not isinstance(parent, ConfigTree) or leaf not in parent:
             known = ", ".join(sorted(parent.keys())) if isinstance(parent, ConfigTree) else "none"
-            raise PbidrError(f"{label(key)}: unknown key {key} (known in {head}: {known})")
+            hint = did_you_mean(leaf, parent.keys()) if isinstance(parent, ConfigTree) else ""
+            raise PbidrError(f"{label(key)}: unknown key {key}{hint} (known in {head}: {known})")
     for key, value in overrides.items():
         user.put(key, value, append=False)
     try:
