@@ -161,9 +161,9 @@ def parse_set(items: list[str] | tuple[str, ...] | None) -> SetOverrides:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=128)
 def _parsed(text: str) -> ConfigTree:
-    # pyhocon takes ~0.1 s per commented default block; parse each once (callers get copies)
+    # pyhocon takes ~0.1 s per commented default block; parse each text once (callers copy or only read)
     return ConfigFactory.parse_string(text)
 
 
@@ -317,7 +317,7 @@ def parse_conf(text: str | None = None, source: str = "conf", overrides: dict[st
     Every key and value is checked. A fault of the text itself is reported as ``source: ...``; one an
     override brings in as the override's label (``labels[key]``, by default ``--set KEY=VALUE``)."""
     try:
-        user = ConfigFactory.parse_string(text or "")
+        user = copy.deepcopy(_parsed(text or ""))  # a copy: the overrides are put into it
     except Exception as exc:  # pyhocon raises several parser exception types
         raise PbidrError(f"{source}: not valid HOCON ({' '.join(str(exc).split())})") from None
     for key in user.keys():
