@@ -1,0 +1,164 @@
+"""Blender's side of test_blender.py, run as ``python blender_client.py IN.npz OUT_DIR RESULT.npz`` in
+its own process: Blender (the ``bpy`` module) bundles its own OpenEXR, TBB and Embree, which must
+not share a process with the suite's. Only bpy and numpy here; the test makes the files and checks
+the numbers.
+
+IN.npz holds the coarse and dense detailed meshes (vertices, faces, per-corner UVs), the Displace
+strength in mesh units and the map size. Steps, each as a user would do them in Blender:
+1. import OUT_DIR/detailed.glb and describe its material (which nodes feed the BSDF);
+2. put a Displace modifier on the coarse mesh with displacement_uv.png and the documented settings,
+   and read back the displaced vertices;
+3. bake a tangent-space normal map from the detailed mesh onto the coarse one (Cycles,
+   selected-to-active), and read Blender's own MikkTSpace tangents of the coarse mesh;
+4. load displacement.exr as Blender reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main(in_npz: str, out_dir: str, result_npz: str) -> None:
+    import bpy
+
+    data = np.load(in_npz)
+    out = Path(out_dir)
+    times: dict[str, float] = {}
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+
+    # 1. The GLB as an artist opens it.
+    t0 = time.perf_counter()
+    bpy.ops.import_scene.gltf(filepath=str(out / "detailed.glb"))
+    imported = [o for o in scene.objects if o.type == "MESH"]
+    glb = {"n_mesh_objects": len(imported)}
+    if imported:
+        obj = imported[0]
+        mesh = obj.data
+        co = np.zeros(len(mesh.vertices) * 3)
+        mesh.vertices.foreach_get("co", co)
+        co = co.reshape(-1, 3) @ np.array(obj.matrix_world)[:3, :3].T + np.array(obj.matrix_world)[:3, 3]
+        glb.update({"n_vertices": len(mesh.vertices), "n_faces": len(mesh.polygons),
+                    "bbox_min": co.min(0).tolist(), "bbox_max": co.max(0).tolist(),
+                    "uv_layers": [uv.name for uv in mesh.uv_layers]})
+        mat = obj.active_material
+        glb["material"] = mat.name if mat else None
+        if mat is not None and mat.node_tree is not None:
+            nodes = mat.node_tree.nodes
+            bsdf = next((n for n in nodes if n.type == "BSDF_PRINCIPLED"), None)
+            glb["bsdf"] = bsdf is not None
+            if bsdf is not None:
+                base = [link.from_node for link in bsdf.inputs["Base Color"].links]
+                glb["base_color_from"] = [n.type for n in base]
+                glb["base_color_image"] = [n.image.name for n in base if n.type == "TEX_IMAGE" and n.image]
+                glb["base_color_size"] = [list(n.image.size) for n in base if n.type == "TEX_IMAGE" and n.image]
+                nmap = [link.from_node for link in bsdf.inputs["Normal"].links]
+                glb["normal_from"] = [n.type for n in nmap]
+                for n in nmap:
+                    if n.type == "NORMAL_MAP":
+                        glb["normal_map_space"] = n.space
+                        glb["normal_map_uv"] = n.uv_map
+                        src = [link.from_node for link in n.inputs["Color"].links]
+                        glb["normal_map_color_from"] = [s.type for s in src]
+                        glb["normal_map_colorspace"] = [s.image.colorspace_settings.name for s in src
+                                                        if s.type == "TEX_IMAGE" and s.image]
+    times["import_glb_s"] = time.perf_counter() - t0
+    for o in list(scene.objects):
+        bpy.data.objects.remove(o, do_unlink=True)
+
+    # 2. Displace modifier on the coarse mesh.
+    t0 = time.perf_counter()
+    coarse = make_object("coarse", data["coarse_vertices"], data["coarse_faces"], data["coarse_corner_uv"])
+    image = bpy.data.images.load(str(out / "displacement_uv.png"))
+    image.colorspace_settings.name = "Non-Color"  # the values are data, not colours
+    texture = bpy.data.textures.new("displacement", type="IMAGE")
+    texture.image = image
+    texture.extension = "EXTEND"  # the chart does not tile
+    texture.use_interpolation = True
+    mod = coarse.modifiers.new("Displace", "DISPLACE")
+    mod.texture = texture
+    mod.texture_coords = "UV"
+    mod.uv_layer = "UVMap"
+    mod.direction = "NORMAL"
+    mod.mid_level = 0.5
+    mod.strength = float(data["strength"])
+    evaluated = coarse.evaluated_get(bpy.context.evaluated_depsgraph_get())
+    displaced_mesh = evaluated.to_mesh()
+    displaced = np.zeros(len(displaced_mesh.vertices) * 3)
+    displaced_mesh.vertices.foreach_get("co", displaced)
+    evaluated.to_mesh_clear()
+    coarse.modifiers.remove(mod)
+    displace_info = {"image_is_float": bool(image.is_float), "image_size": list(image.size)}
+    times["displace_s"] = time.perf_counter() - t0
+
+    # 3. Bake detailed -> coarse, tangent space; and Blender's MikkTSpace tangents of the coarse mesh.
+    t0 = time.perf_counter()
+    detailed = make_object("detailed", data["detailed_vertices"], data["detailed_faces"], data["detailed_corner_uv"])
+    h, w = (int(x) for x in data["size"])
+    bake = bpy.data.images.new("bake", w, h, float_buffer=True)
+    bake.colorspace_settings.name = "Non-Color"
+    mat = bpy.data.materials.new("bake")
+    node = mat.node_tree.nodes.new("ShaderNodeTexImage")
+    node.image = bake
+    mat.node_tree.nodes.active = node  # the bake writes into the active image node
+    coarse.data.materials.append(mat)
+    scene.render.engine = "CYCLES"
+    scene.cycles.device = "CPU"
+    scene.cycles.samples = 1
+    for o in bpy.context.view_layer.objects:
+        o.select_set(False)
+    detailed.select_set(True)
+    coarse.select_set(True)
+    bpy.context.view_layer.objects.active = coarse
+    extrusion = float(data["cage_extrusion"])
+    bpy.ops.object.bake(type="NORMAL", normal_space="TANGENT", use_selected_to_active=True,
+                        cage_extrusion=extrusion, max_ray_distance=2.0 * extrusion, margin=0, use_clear=True)
+    pixels = np.zeros(w * h * 4, dtype=np.float32)
+    bake.pixels.foreach_get(pixels)
+    baked = pixels.reshape(h, w, 4)[::-1, :, :3]  # Blender's rows run bottom-up; ours top-down
+    me = coarse.data
+    me.calc_tangents(uvmap="UVMap")
+    tangents = np.zeros(len(me.loops) * 3)
+    me.loops.foreach_get("tangent", tangents)
+    signs = np.zeros(len(me.loops))
+    me.loops.foreach_get("bitangent_sign", signs)
+    normals = np.zeros(len(me.vertices) * 3)
+    me.vertices.foreach_get("normal", normals)
+    times["bake_s"] = time.perf_counter() - t0
+
+    # 4. The EXR as Blender reads it.
+    exr = bpy.data.images.load(str(out / "displacement.exr"))
+    exr.colorspace_settings.name = "Non-Color"
+    ew, eh = exr.size
+    exr_pixels = np.zeros(ew * eh * exr.channels, dtype=np.float32)
+    exr.pixels.foreach_get(exr_pixels)
+    exr_pixels = exr_pixels.reshape(eh, ew, exr.channels)[::-1, :, 0]
+
+    np.savez(result_npz, displaced=displaced.reshape(-1, 3), baked=baked, tangents=tangents.reshape(-1, 3),
+             signs=signs, normals=normals.reshape(-1, 3), exr=exr_pixels,
+             info=json.dumps({"glb": glb, "displace": displace_info, "times": times,
+                              "version": bpy.app.version_string}))
+
+
+def make_object(name: str, vertices: np.ndarray, faces: np.ndarray, corner_uv: np.ndarray):
+    """A smooth-shaded mesh object with one UV map named UVMap (per-corner UVs (F, 3, 2))."""
+    import bpy
+
+    mesh = bpy.data.meshes.new(name)
+    mesh.from_pydata(vertices.tolist(), [], faces.tolist())
+    layer = mesh.uv_layers.new(name="UVMap")
+    layer.data.foreach_set("uv", corner_uv.reshape(-1).astype(np.float32))
+    mesh.polygons.foreach_set("use_smooth", np.ones(len(mesh.polygons), dtype=bool))
+    mesh.update()
+    obj = bpy.data.objects.new(name, mesh)
+    bpy.context.scene.collection.objects.link(obj)
+    return obj
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
