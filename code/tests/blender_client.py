@@ -37,12 +37,18 @@ def main(in_npz: str, out_dir: str, result_npz: str) -> None:
     bpy.ops.import_scene.gltf(filepath=str(out / "detailed.glb"))
     imported = [o for o in scene.objects if o.type == "MESH"]
     glb = {"n_mesh_objects": len(imported)}
+    glb_loops = {"glb_loop_position": np.zeros((0, 3)), "glb_loop_uv": np.zeros((0, 2))}
     if imported:
         obj = imported[0]
         mesh = obj.data
         co = np.zeros(len(mesh.vertices) * 3)
         mesh.vertices.foreach_get("co", co)
         co = co.reshape(-1, 3) @ np.array(obj.matrix_world)[:3, :3].T + np.array(obj.matrix_world)[:3, 3]
+        loop_vertex = np.zeros(len(mesh.loops), dtype=np.int64)
+        mesh.loops.foreach_get("vertex_index", loop_vertex)
+        loop_uv = np.zeros(len(mesh.loops) * 2)
+        mesh.uv_layers[0].data.foreach_get("uv", loop_uv)
+        glb_loops = {"glb_loop_position": co[loop_vertex], "glb_loop_uv": loop_uv.reshape(-1, 2)}
         glb.update({"n_vertices": len(mesh.vertices), "n_faces": len(mesh.polygons),
                     "bbox_min": co.min(0).tolist(), "bbox_max": co.max(0).tolist(),
                     "uv_layers": [uv.name for uv in mesh.uv_layers]})
@@ -71,29 +77,34 @@ def main(in_npz: str, out_dir: str, result_npz: str) -> None:
     for o in list(scene.objects):
         bpy.data.objects.remove(o, do_unlink=True)
 
-    # 2. Displace modifier on the coarse mesh.
+    # 2. Displace modifier on the coarse mesh: the 16-bit PNG (mid-level 0.5), then the EXR (mid-level 0).
     t0 = time.perf_counter()
     coarse = make_object("coarse", data["coarse_vertices"], data["coarse_faces"], data["coarse_corner_uv"])
-    image = bpy.data.images.load(str(out / "displacement_uv.png"))
-    image.colorspace_settings.name = "Non-Color"  # the values are data, not colours
-    texture = bpy.data.textures.new("displacement", type="IMAGE")
-    texture.image = image
-    texture.extension = "EXTEND"  # the chart does not tile
-    texture.use_interpolation = True
-    mod = coarse.modifiers.new("Displace", "DISPLACE")
-    mod.texture = texture
-    mod.texture_coords = "UV"
-    mod.uv_layer = "UVMap"
-    mod.direction = "NORMAL"
-    mod.mid_level = 0.5
-    mod.strength = float(data["strength"])
-    evaluated = coarse.evaluated_get(bpy.context.evaluated_depsgraph_get())
-    displaced_mesh = evaluated.to_mesh()
-    displaced = np.zeros(len(displaced_mesh.vertices) * 3)
-    displaced_mesh.vertices.foreach_get("co", displaced)
-    evaluated.to_mesh_clear()
-    coarse.modifiers.remove(mod)
-    displace_info = {"image_is_float": bool(image.is_float), "image_size": list(image.size)}
+    displaced = {}
+    displace_info = {}
+    for name, mid_level, strength in (("displacement_uv.png", 0.5, data["strength"]),
+                                      ("displacement.exr", 0.0, data["exr_strength"])):
+        image = bpy.data.images.load(str(out / name))
+        image.colorspace_settings.name = "Non-Color"  # the values are data, not colours
+        texture = bpy.data.textures.new(name, type="IMAGE")
+        texture.image = image
+        texture.extension = "EXTEND"  # the chart does not tile
+        texture.use_interpolation = True
+        mod = coarse.modifiers.new("Displace", "DISPLACE")
+        mod.texture = texture
+        mod.texture_coords = "UV"
+        mod.uv_layer = "UVMap"
+        mod.direction = "NORMAL"
+        mod.mid_level = mid_level
+        mod.strength = float(strength)
+        evaluated = coarse.evaluated_get(bpy.context.evaluated_depsgraph_get())
+        mesh = evaluated.to_mesh()
+        co = np.zeros(len(mesh.vertices) * 3)
+        mesh.vertices.foreach_get("co", co)
+        evaluated.to_mesh_clear()
+        coarse.modifiers.remove(mod)
+        displaced[name] = co.reshape(-1, 3)
+        displace_info[name] = {"image_is_float": bool(image.is_float), "image_size": list(image.size)}
     times["displace_s"] = time.perf_counter() - t0
 
     # 3. Bake detailed -> coarse, tangent space; and Blender's MikkTSpace tangents of the coarse mesh.
@@ -139,8 +150,9 @@ def main(in_npz: str, out_dir: str, result_npz: str) -> None:
     exr.pixels.foreach_get(exr_pixels)
     exr_pixels = exr_pixels.reshape(eh, ew, exr.channels)[::-1, :, 0]
 
-    np.savez(result_npz, displaced=displaced.reshape(-1, 3), baked=baked, tangents=tangents.reshape(-1, 3),
-             signs=signs, normals=normals.reshape(-1, 3), exr=exr_pixels,
+    np.savez(result_npz, displaced=displaced["displacement_uv.png"],
+             displaced_exr=displaced["displacement.exr"], baked=baked, tangents=tangents.reshape(-1, 3),
+             signs=signs, normals=normals.reshape(-1, 3), exr=exr_pixels, **glb_loops,
              info=json.dumps({"glb": glb, "displace": displace_info, "times": times,
                               "version": bpy.app.version_string}))
 

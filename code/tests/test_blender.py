@@ -61,7 +61,7 @@ def blender(tmp_path_factory):
     np.savez(root / "in.npz", coarse_vertices=coarse.vertices, coarse_faces=coarse.faces,
              coarse_corner_uv=corner_uv(coarse), detailed_vertices=dense.vertices, detailed_faces=dense.faces,
              detailed_corner_uv=corner_uv(dense), strength=strength, size=np.array([TEXTURE, TEXTURE]),
-             cage_extrusion=3.0)
+             exr_strength=1.0, cage_extrusion=3.0)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(CLIENT), str(root / "in.npz"), str(out), str(root / "result.npz")],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -75,7 +75,7 @@ def blender(tmp_path_factory):
 
 
 def test_glb_opens_with_texture_and_tangent_space_normal_map(blender):
-    inputs, _, info = blender
+    inputs, res, info = blender
     glb = info["glb"]
     assert glb["n_mesh_objects"] == 1 and glb["bsdf"]
     assert glb["base_color_from"] == ["TEX_IMAGE"] and glb["base_color_size"] == [[TEXTURE, TEXTURE]]
@@ -88,14 +88,26 @@ def test_glb_opens_with_texture_and_tangent_space_normal_map(blender):
     want_max = np.array([v[:, 0].max(), -v[:, 2].min(), v[:, 1].max()])
     np.testing.assert_allclose(glb["bbox_min"], want_min, atol=1e-6)
     np.testing.assert_allclose(glb["bbox_max"], want_max, atol=1e-6)
+    # Every corner's UV in Blender is ours (glTF's flipped v flipped back): found by position (no seams).
+    from scipy.spatial import cKDTree
+
+    pos = res["glb_loop_position"] * 1000.0
+    pos = np.stack([pos[:, 0], pos[:, 2], -pos[:, 1]], axis=1)  # Blender (x, -z, y) -> ours, mm
+    dist, idx = cKDTree(inputs["dense"].vertices).query(pos)
+    assert len(pos) == 3 * len(inputs["dense"].faces) and dist.max() < 1e-3
+    np.testing.assert_allclose(res["glb_loop_uv"], inputs["dense"].uv[idx], atol=1e-6)
 
 
-def test_displace_modifier_gives_back_the_detailed_mesh(blender):
+@pytest.mark.parametrize("source", ["png", "exr"])
+def test_displace_modifier_gives_back_the_detailed_mesh(blender, source):
+    """Displace modifier on the coarse mesh, UV coordinates: displacement_uv.png at mid-level 0.5 and
+    strength 8 (mm), or displacement.exr at mid-level 0 and strength 1."""
     inputs, res, info = blender
-    assert info["displace"]["image_is_float"]  # a 16-bit PNG is read at full precision
-    err = np.linalg.norm(res["displaced"] - inputs["truth"].vertices, axis=1)
+    name = {"png": "displacement_uv.png", "exr": "displacement.exr"}[source]
+    assert info["displace"][name]["image_is_float"]  # 16-bit PNG and EXR are read at full precision
+    err = np.linalg.norm(res["displaced" if source == "png" else "displaced_exr"] - inputs["truth"].vertices, axis=1)
     rms = float(np.sqrt(np.mean(err ** 2)))
-    print(f"\nDisplace modifier vs gt_detailed.obj: RMS {rms:.4f} mm, max {err.max():.4f} mm")
+    print(f"\nDisplace modifier with {name} vs gt_detailed.obj: RMS {rms:.4f} mm, max {err.max():.4f} mm")
     assert rms <= 0.01
     # The modifier did move the mesh: the detail is far larger than the error.
     moved = np.linalg.norm(inputs["truth"].vertices - inputs["coarse"].vertices, axis=1)

@@ -168,22 +168,24 @@ def test_tangent_normal_map_of_zero_displacement_is_flat_blue(tmp_path):
 
 
 def test_tangent_normal_map_of_a_tilt():
-    """A ramp d = a x on a plane tilts the normal to (-a, 0, 1) / |.|: in the plane's tangent frame
-    (t = +x, b = +y) that is the tangent-space value, and the opposite x for a mirrored u."""
-    a = 0.2
+    """A ramp d = a x + b y on a plane tilts the normal to (-a, -b, 1) / |.|: in the plane's tangent
+    frame (t = +x, bitangent +y) that is the tangent-space value (red -a, green -b); with u mirrored
+    (t = -x) red changes sign and green does not."""
+    a, b = 0.2, -0.3
+    want = np.array([-a, -b, 1.0]) / np.linalg.norm([a, b, 1.0])
+
+    def ramp(mesh):
+        dense = subdivide_midpoint(mesh)
+        return dense.with_vertices(dense.vertices + np.outer(dense.vertices[:, :2] @ [a, b], [0, 0, 1.0]))
+
     base = plane(9)
-    detailed = subdivide_midpoint(base)
-    detailed = detailed.with_vertices(detailed.vertices + np.outer(a * detailed.vertices[:, 0], [0, 0, 1.0]))
-    c, coverage = E.tangent_normal_map(base, detailed, (16, 16))
-    want = np.array([-a, 0.0, 1.0]) / np.hypot(a, 1.0)
+    c, coverage = E.tangent_normal_map(base, ramp(base), (16, 16))
     assert coverage.all()
     np.testing.assert_allclose(c.reshape(-1, 3), np.tile(want, (256, 1)), atol=1e-9)
     mirrored = base.with_vertices(base.vertices * [-1.0, 1.0, 1.0])
     mirrored.faces = base.faces[:, ::-1]
     mirrored.face_uv = base.face_uv[:, ::-1]  # keep the normal +z: u now runs along -x
-    det_m = subdivide_midpoint(mirrored)
-    det_m = det_m.with_vertices(det_m.vertices + np.outer(a * det_m.vertices[:, 0], [0, 0, 1.0]))
-    c_m, _ = E.tangent_normal_map(mirrored, det_m, (16, 16))
+    c_m, _ = E.tangent_normal_map(mirrored, ramp(mirrored), (16, 16))
     np.testing.assert_allclose(c_m.reshape(-1, 3), np.tile(want * [-1, 1, 1], (256, 1)), atol=1e-9)
 
 

@@ -454,6 +454,21 @@ def units_to_mm(units: str | None) -> float:
     return UNITS_TO_MM[units]
 
 
+def scan_units_to_mm(scan_dir: str | Path) -> tuple[float, str]:
+    """mm per world unit of a scan, from its meta.json ``units`` (mm, cm or m, as recorded by
+    ``pbidr preprocess --units``), and where that came from. A scan without a record is taken to be
+    in mm, the convention of face meshes (3DMM, the built-in sample)."""
+    try:
+        units = json.loads((Path(scan_dir) / "meta.json").read_text()).get("units")
+    except (OSError, ValueError, AttributeError):
+        units = None
+    if isinstance(units, dict):  # allow {"name": "mm", ...}
+        units = units.get("name")
+    if units is None:
+        return 1.0, "assumed mm (the scan's meta.json records no units)"
+    return units_to_mm(str(units)), f"the scan's meta.json: {units}"
+
+
 def export_artist_outputs(out_dir: str | Path, coarse: TexturedMesh, detailed: TexturedMesh,
                           displacement: np.ndarray, units_to_mm: float = 1.0, size: tuple[int, int] | None = None,
                           displacement_mesh: TexturedMesh | None = None,
