@@ -106,8 +106,7 @@ def mikktspace_tangents(mesh: TexturedMesh, normals: np.ndarray | None = None) -
     # Corners that share a vertex, a UV and an orientation form one MikkTSpace group (one tangent).
     key = np.stack([f, np.asarray(mesh.face_uv, dtype=np.int64), np.broadcast_to((orient > 0)[:, None], f.shape)],
                    axis=2).reshape(-1, 3)
-    _, group = np.unique(key, axis=0, return_inverse=True)
-    group = group.reshape(-1)
+    _, group = unique_rows(key)
     acc = np.zeros((group.max() + 1, 3))
     np.add.at(acc, group, (angle[..., None] * tc).reshape(-1, 3))
     tan = acc[group].reshape(-1, 3)
@@ -125,6 +124,16 @@ def mikktspace_tangents(mesh: TexturedMesh, normals: np.ndarray | None = None) -
     return np.concatenate([tan, w], axis=1).reshape(len(f), 3, 4)
 
 
+def unique_rows(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of a non-negative int64 array (N, K) and each row's index among them (N,);
+    the rows become one integer first (np.unique over axis 0 is several times slower)."""
+    key = np.asarray(key, dtype=np.int64)
+    dims = tuple(int(x) + 1 for x in key.max(axis=0)) if len(key) else (1,) * key.shape[1]
+    flat = np.ravel_multi_index(tuple(key.T), dims)
+    values, inverse = np.unique(flat, return_inverse=True)
+    return np.stack(np.unravel_index(values, dims), axis=1), inverse.reshape(-1)
+
+
 @dataclass
 class TangentFrame:
     """A mesh's shading frame at points of its UV chart: normal (N, 3) unit, tangent (N, 3) (the
@@ -138,14 +147,15 @@ class TangentFrame:
 
 
 def tangent_frame_at(mesh: TexturedMesh, uv: np.ndarray, tangents: np.ndarray | None = None,
-                     snap: float = 0.0) -> TangentFrame:
+                     snap: float = 0.0, hits: tuple | None = None) -> TangentFrame:
     """The shading frame of ``mesh`` at UV points (N, 2), from its vertex normals and per-corner
-    ``tangents`` (F, 3, 4; default :func:`mikktspace_tangents`); ``snap`` as in ``locate_uv``."""
+    ``tangents`` (F, 3, 4; default :func:`mikktspace_tangents`); ``snap`` as in ``locate_uv``, whose
+    result for these points ``hits`` may already be."""
     from pbidr.evaluation.uv_maps import locate_uv
 
     if tangents is None:
         tangents = mikktspace_tangents(mesh)
-    face, bary, hit = locate_uv(mesh, uv, snap)
+    face, bary, hit = hits if hits is not None else locate_uv(mesh, uv, snap)
     face = np.maximum(face, 0)
     normal = np.einsum("nk,nkc->nc", bary, mesh.vertex_normals()[mesh.faces[face]])
     normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-30)
@@ -159,10 +169,13 @@ def to_tangent_space(frame: TangentFrame, normals: np.ndarray) -> np.ndarray:
     glTF viewers apply, so a map baked here shades back to ``normals``."""
     n, t = frame.normal, frame.tangent
     b = frame.sign[:, None] * np.cross(n, t)
-    basis = np.stack([t, b, n], axis=2)  # columns t, b, n
-    ok = np.abs(np.linalg.det(basis)) > 1e-12
-    c = np.tile(np.array([0.0, 0.0, 1.0]), (len(n), 1))
-    c[ok] = np.linalg.solve(basis[ok], np.asarray(normals, dtype=np.float64)[ok][..., None])[..., 0]
+    x = np.asarray(normals, dtype=np.float64)
+    # Cramer's rule for [t b n] c = x, all texels at once (a batched solve is several times slower).
+    bn, nt, tb = np.cross(b, n), np.cross(n, t), np.cross(t, b)
+    det = np.einsum("ij,ij->i", t, bn)
+    c = np.stack([np.einsum("ij,ij->i", x, bn), np.einsum("ij,ij->i", x, nt), np.einsum("ij,ij->i", x, tb)], axis=1)
+    ok = np.abs(det) > 1e-12
+    c = np.where(ok[:, None], c / np.where(ok, det, 1.0)[:, None], [0.0, 0.0, 1.0])
     return c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-30)
 
 
@@ -171,17 +184,19 @@ def to_tangent_space(frame: TangentFrame, normals: np.ndarray) -> np.ndarray:
 
 
 def tangent_normal_map(coarse: TexturedMesh, detailed: TexturedMesh, size: tuple[int, int],
-                       tangents: np.ndarray | None = None, dilate: int = 4) -> tuple[np.ndarray, np.ndarray]:
+                       tangents: np.ndarray | None = None, dilate: int = 4, coarse_hits: tuple | None = None,
+                       detailed_hits: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The detailed mesh's normals in the coarse mesh's tangent frame, in the coarse UV layout:
     (H, W, 3) unit vectors and coverage (H, W) bool. ``detailed``'s UVs must lie in the coarse chart
     (it is the coarse mesh displaced, or a subdivision of it); each texel reads the detailed normal
     at the same UV, which is where a bake's ray along the coarse normal lands. Outside the chart
-    (and beyond ``dilate`` pixels of it) the map is flat (0, 0, 1)."""
+    (and beyond ``dilate`` pixels of it) the map is flat (0, 0, 1). ``*_hits``: each mesh's
+    ``locate_uv`` of the texel centres, when the caller has them."""
     from pbidr.evaluation.uv_maps import dilate_uv_map, rasterize_uv, texel_uv
 
     h, w = int(size[0]), int(size[1])
-    frame = tangent_frame_at(coarse, texel_uv((h, w)), tangents)
-    detail_n, detail_cov = rasterize_uv(detailed, detailed.vertex_normals(), (h, w), dilate=1)
+    frame = tangent_frame_at(coarse, texel_uv((h, w)), tangents, hits=coarse_hits)
+    detail_n, _ = rasterize_uv(detailed, detailed.vertex_normals(), (h, w), dilate=1, hits=detailed_hits)
     coverage = frame.hit.reshape(h, w) & (np.linalg.norm(detail_n, axis=2) > 1e-6)
     c = np.tile(np.array([0.0, 0.0, 1.0]), (h * w, 1))
     inside = coverage.reshape(-1)
@@ -302,8 +317,8 @@ def split_at_seams(mesh: TexturedMesh, extra_key: np.ndarray | None = None) -> t
     if extra_key is not None:
         cols.append(np.asarray(extra_key, dtype=np.int64).reshape(-1))
     key = np.stack(cols, axis=1)
-    unique, inverse = np.unique(key, axis=0, return_inverse=True)
-    return unique[:, 0], unique[:, 1], inverse.reshape(-1).reshape(f.shape)
+    unique, inverse = unique_rows(key)
+    return unique[:, 0], unique[:, 1], inverse.reshape(f.shape)
 
 
 def _png_bytes(rgb: np.ndarray) -> bytes:
@@ -483,7 +498,7 @@ def export_artist_outputs(out_dir: str | Path, coarse: TexturedMesh, detailed: T
     sharing its chart gives a finer map) along that mesh's vertex normals. ``units_to_mm``: mm per
     world unit. ``size``: (H, W) of the maps, default the coarse texture's size (else 1024 x 1024).
     """
-    from pbidr.evaluation.uv_maps import rasterize_uv
+    from pbidr.evaluation.uv_maps import locate_uv, rasterize_uv, texel_uv
     from pbidr.utils.images import write_png
 
     out_dir = Path(out_dir)
@@ -499,7 +514,14 @@ def export_artist_outputs(out_dir: str | Path, coarse: TexturedMesh, detailed: T
     notes: list[str] = []
 
     # Displacement in mm: EXR (float, mid-level 0) and 16-bit PNG (mid-level 0.5, fixed strength).
-    d_map, d_cov = rasterize_uv(displacement_mesh, np.asarray(displacement, dtype=np.float64) * units_to_mm, (h, w))
+    # One ray cast per mesh finds every texel's triangle; the maps of that mesh share it.
+    texels = texel_uv((h, w))
+    detailed_hits = locate_uv(detailed, texels)
+    disp_hits = detailed_hits if displacement_mesh is detailed else locate_uv(displacement_mesh, texels)
+    coarse_hits = disp_hits if displacement_mesh is coarse else locate_uv(coarse, texels)
+
+    d_map, d_cov = rasterize_uv(displacement_mesh, np.asarray(displacement, dtype=np.float64) * units_to_mm, (h, w),
+                                hits=disp_hits)
     d_mm = d_map[..., 0]
     write_exr(out_dir / "displacement.exr", d_mm)
     q, clipped = encode_displacement_png(d_mm)
@@ -513,10 +535,11 @@ def export_artist_outputs(out_dir: str | Path, coarse: TexturedMesh, detailed: T
 
     # Normal maps: tangent space (for the coarse mesh) and object space (the detailed normals).
     tangents = mikktspace_tangents(coarse)
-    tmap, t_cov = tangent_normal_map(coarse, detailed, (h, w), tangents)
+    tmap, t_cov = tangent_normal_map(coarse, detailed, (h, w), tangents, coarse_hits=coarse_hits,
+                                     detailed_hits=detailed_hits)
     normal_rgb = encode_normal_rgb(tmap)  # outside the chart tmap is (0, 0, 1): FLAT_TANGENT_RGB
     write_png(out_dir / "normal_tangent_uv.png", normal_rgb)
-    omap, _ = rasterize_uv(detailed, detailed.vertex_normals(), (h, w))
+    omap, _ = rasterize_uv(detailed, detailed.vertex_normals(), (h, w), hits=detailed_hits)
     norm = np.linalg.norm(omap, axis=2, keepdims=True)
     write_png(out_dir / "normal_object_uv.png",
               encode_normal_rgb(omap / np.maximum(norm, 1e-12), norm[..., 0] < 1e-6))

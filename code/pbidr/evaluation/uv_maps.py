@@ -56,7 +56,8 @@ def locate_uv(mesh: TexturedMesh, uv: np.ndarray, snap: float = 0.0) -> tuple[np
 
 
 def rasterize_uv(
-    mesh: TexturedMesh, values: np.ndarray, size: tuple[int, int], dilate: int = 4, per_corner: bool = False
+    mesh: TexturedMesh, values: np.ndarray, size: tuple[int, int], dilate: int = 4, per_corner: bool = False,
+    hits: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bake per-vertex ``values`` (V, C) or (V,) into a UV map of ``size`` (H, W).
 
@@ -66,7 +67,8 @@ def rasterize_uv(
     Uncovered texels within ``dilate`` pixels of a covered one copy the nearest covered value
     (padding against seam bleeding under bilinear reads); the rest are 0. Returns map (H, W, C)
     float32 and coverage (H, W) bool (covered by a triangle, before dilation). Where UV triangles
-    overlap, one of them wins.
+    overlap, one of them wins. ``hits``: ``locate_uv(mesh, texel_uv(size))`` when the caller has it
+    (one ray cast for several maps of one mesh).
     """
     if mesh.uv is None or mesh.face_uv is None:
         raise PbidrError("UV map: the mesh has no texture coordinates")
@@ -84,7 +86,9 @@ def rasterize_uv(
     h, w = int(size[0]), int(size[1])
     if h < 1 or w < 1:
         raise PbidrError(f"UV map: size {size} must be positive")
-    face, bary, hit = locate_uv(mesh, texel_uv((h, w)))
+    face, bary, hit = hits if hits is not None else locate_uv(mesh, texel_uv((h, w)))
+    if len(face) != h * w:
+        raise PbidrError(f"UV map: {len(face)} texel hits for a {h} x {w} map")
     face = np.maximum(face, 0)
     corner_values = values[face] if per_corner else values[mesh.faces[face]]
     out = np.einsum("nk,nkc->nc", bary, corner_values)
