@@ -5,7 +5,8 @@ the numbers.
 
 IN.npz holds the coarse and dense detailed meshes (vertices, faces, per-corner UVs), the Displace
 strength in mesh units and the map size. Steps, each as a user would do them in Blender:
-1. import OUT_DIR/detailed.glb and describe its material (which nodes feed the BSDF);
+1. import OUT_DIR/detailed.glb and describe its material (which nodes feed the BSDF), and bake the
+   shading normals Blender gives it (object space), with and without its normal map;
 2. put a Displace modifier on the coarse mesh with displacement_uv.png and the documented settings,
    and read back the displaced vertices;
 3. bake a tangent-space normal map from the detailed mesh onto the coarse one (Cycles,
@@ -74,6 +75,33 @@ def main(in_npz: str, out_dir: str, result_npz: str) -> None:
                         glb["normal_map_colorspace"] = [s.image.colorspace_settings.name for s in src
                                                         if s.type == "TEX_IMAGE" and s.image]
     times["import_glb_s"] = time.perf_counter() - t0
+
+    # 1b. How Blender shades the GLB: an object-space normal bake of it with its own material (normal
+    #     map included), then with the Normal Map node unplugged.
+    t0 = time.perf_counter()
+    h, w = (int(x) for x in data["size"])
+    scene.render.engine = "CYCLES"
+    scene.cycles.device = "CPU"
+    scene.cycles.samples = 1
+    glb_shading = {}
+    if imported and imported[0].active_material is not None:
+        obj = imported[0]
+        tree = obj.active_material.node_tree
+        image = bpy.data.images.new("glb_shading", w, h, float_buffer=True)
+        image.colorspace_settings.name = "Non-Color"
+        node = tree.nodes.new("ShaderNodeTexImage")
+        node.image = image
+        tree.nodes.active = node
+        obj.select_set(True)
+        bpy.context.view_layer.objects.active = obj
+        bsdf = next(n for n in tree.nodes if n.type == "BSDF_PRINCIPLED")
+        for mode in ("with_normal_map", "without_normal_map"):
+            if mode == "without_normal_map":
+                for link in list(bsdf.inputs["Normal"].links):
+                    tree.links.remove(link)
+            bpy.ops.object.bake(type="NORMAL", normal_space="OBJECT", margin=0, use_clear=True)
+            glb_shading[mode] = read_pixels(image)
+    times["bake_glb_s"] = time.perf_counter() - t0
     for o in list(scene.objects):
         bpy.data.objects.remove(o, do_unlink=True)
 
@@ -110,7 +138,6 @@ def main(in_npz: str, out_dir: str, result_npz: str) -> None:
     # 3. Bake detailed -> coarse, tangent space; and Blender's MikkTSpace tangents of the coarse mesh.
     t0 = time.perf_counter()
     detailed = make_object("detailed", data["detailed_vertices"], data["detailed_faces"], data["detailed_corner_uv"])
-    h, w = (int(x) for x in data["size"])
     bake = bpy.data.images.new("bake", w, h, float_buffer=True)
     bake.colorspace_settings.name = "Non-Color"
     mat = bpy.data.materials.new("bake")
@@ -118,9 +145,6 @@ def main(in_npz: str, out_dir: str, result_npz: str) -> None:
     node.image = bake
     mat.node_tree.nodes.active = node  # the bake writes into the active image node
     coarse.data.materials.append(mat)
-    scene.render.engine = "CYCLES"
-    scene.cycles.device = "CPU"
-    scene.cycles.samples = 1
     for o in bpy.context.view_layer.objects:
         o.select_set(False)
     detailed.select_set(True)
@@ -129,9 +153,7 @@ def main(in_npz: str, out_dir: str, result_npz: str) -> None:
     extrusion = float(data["cage_extrusion"])
     bpy.ops.object.bake(type="NORMAL", normal_space="TANGENT", use_selected_to_active=True,
                         cage_extrusion=extrusion, max_ray_distance=2.0 * extrusion, margin=0, use_clear=True)
-    pixels = np.zeros(w * h * 4, dtype=np.float32)
-    bake.pixels.foreach_get(pixels)
-    baked = pixels.reshape(h, w, 4)[::-1, :, :3]  # Blender's rows run bottom-up; ours top-down
+    baked = read_pixels(bake)
     me = coarse.data
     me.calc_tangents(uvmap="UVMap")
     tangents = np.zeros(len(me.loops) * 3)
@@ -153,8 +175,17 @@ def main(in_npz: str, out_dir: str, result_npz: str) -> None:
     np.savez(result_npz, displaced=displaced["displacement_uv.png"],
              displaced_exr=displaced["displacement.exr"], baked=baked, tangents=tangents.reshape(-1, 3),
              signs=signs, normals=normals.reshape(-1, 3), exr=exr_pixels, **glb_loops,
+             **{f"glb_shading_{k}": v for k, v in glb_shading.items()},
              info=json.dumps({"glb": glb, "displace": displace_info, "times": times,
                               "version": bpy.app.version_string}))
+
+
+def read_pixels(image) -> np.ndarray:
+    """RGB (H, W, 3) float32 of a Blender image, rows top-down as ours (Blender's run bottom-up)."""
+    w, h = image.size
+    pixels = np.zeros(w * h * 4, dtype=np.float32)
+    image.pixels.foreach_get(pixels)
+    return pixels.reshape(h, w, 4)[::-1, :, :3]
 
 
 def make_object(name: str, vertices: np.ndarray, faces: np.ndarray, corner_uv: np.ndarray):

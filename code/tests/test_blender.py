@@ -3,7 +3,8 @@ requirements-blender.txt). Skipped when bpy is not installed.
 
 On the built-in sample at a small grid with its known displacement, the export functions write the
 files (no training), then Blender, in its own process (blender_client.py):
-- imports detailed.glb: the base-colour texture and a tangent-space Normal Map node feed the BSDF;
+- imports detailed.glb: the base-colour texture and a tangent-space Normal Map node feed the BSDF,
+  and Blender shades it with the detailed normals (the detail once, not twice);
 - displaces the coarse mesh with displacement_uv.png at the documented settings: back to the
   detailed mesh within 0.01 mm RMS;
 - bakes a tangent-space normal map from the detailed mesh onto the coarse one: it correlates with
@@ -96,6 +97,27 @@ def test_glb_opens_with_texture_and_tangent_space_normal_map(blender):
     dist, idx = cKDTree(inputs["dense"].vertices).query(pos)
     assert len(pos) == 3 * len(inputs["dense"].faces) and dist.max() < 1e-3
     np.testing.assert_allclose(res["glb_loop_uv"], inputs["dense"].uv[idx], atol=1e-6)
+
+
+def test_glb_shades_with_the_detail_once(blender):
+    """Blender's shading normals of the imported GLB (its NORMAL/TANGENT frame with the normal map
+    applied) are the detailed mesh's normals; without the map they are the coarse surface's."""
+    inputs, res, _ = blender
+    ours = E.decode_normal_rgb(cv2.cvtColor(cv2.imread(str(inputs["out"] / "normal_object_uv.png")),
+                                            cv2.COLOR_BGR2RGB))
+    ours /= np.linalg.norm(ours, axis=2, keepdims=True)
+    angles = {}
+    for mode in ("with_normal_map", "without_normal_map"):
+        b = res[f"glb_shading_{mode}"].astype(np.float64) * 2.0 - 1.0
+        covered = np.linalg.norm(b, axis=2) > 0.5
+        assert covered.mean() > 0.9
+        b = np.stack([b[..., 0], b[..., 2], -b[..., 1]], axis=2)  # Blender's (x, -z, y) back to ours
+        b /= np.maximum(np.linalg.norm(b, axis=2, keepdims=True), 1e-12)
+        angles[mode] = np.degrees(np.arccos(np.clip(np.sum(b * ours, axis=2), -1.0, 1.0)))[covered]
+    mean = {k: float(v.mean()) for k, v in angles.items()}
+    print(f"\nGLB shading in Blender vs the detailed normals: mean angle {mean}")
+    assert mean["with_normal_map"] < 0.5 and np.percentile(angles["with_normal_map"], 99) < 2.0
+    assert mean["without_normal_map"] > 3 * mean["with_normal_map"]  # the map carries the detail
 
 
 @pytest.mark.parametrize("source", ["png", "exr"])
