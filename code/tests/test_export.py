@@ -112,6 +112,35 @@ def test_export_writes_millimetres_for_a_mesh_in_metres(tmp_path):
     assert np.ptp(pos["mm"][:, 1]) == pytest.approx(np.ptp(mesh_mm.vertices[:, 1]) / 1000.0, rel=1e-5)
 
 
+def test_glb_turns_the_face_to_gltf_up_and_front(tmp_path):
+    """A face stored Z-up and looking toward -y comes out of the GLB +Y up and facing +Z, the same
+    as the face in the default frame; normals and tangents turn with it."""
+    mesh = face_mesh()
+    d = displacement_uv(mesh.uv[:, 0], mesh.uv[:, 1])
+    to_zup = np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]])  # (x, y, z) -> (x, -z, y): up +z, front -y
+    turned = mesh.with_vertices(mesh.vertices @ to_zup.T)
+    np.testing.assert_allclose(E.gltf_rotation(front=(0, -1, 0), up=(0, 0, 1)), to_zup.T, atol=1e-12)
+    attrs = {}
+    for name, m, kw in (("default", mesh, {}), ("zup", turned, {"front": (0, -1, 0), "up": (0, 0, 1)})):
+        (tmp_path / name).mkdir()
+        E.export_artist_outputs(tmp_path / name, m, displaced(m, d), d, size=(32, 32), **kw)
+        doc, binary = E.read_glb(tmp_path / name / "detailed.glb")
+        a = doc["meshes"][0]["primitives"][0]["attributes"]
+        attrs[name] = {k: E.glb_accessor(doc, binary, i) for k, i in a.items()}
+    for key in ("POSITION", "NORMAL", "TANGENT"):
+        np.testing.assert_allclose(attrs["zup"][key], attrs["default"][key], atol=1e-5)
+    assert attrs["default"]["NORMAL"][:, 2].mean() > 0.5  # the face looks toward +Z
+
+
+def test_scan_frame_reads_units_and_rig(tmp_path):
+    (tmp_path / "meta.json").write_text(json.dumps({"units": "m", "rig": {"front": [0, -1, 0], "up": [0, 0, 1]}}))
+    frame = E.scan_frame(tmp_path)
+    assert frame.units_to_mm == 1000.0 and frame.front == (0.0, -1.0, 0.0) and frame.up == (0.0, 0.0, 1.0)
+    assert "meta.json" in frame.units_source
+    (tmp_path / "meta.json").write_text("{}")
+    assert E.scan_frame(tmp_path).units_to_mm == 1.0 and "assumed mm" in E.scan_frame(tmp_path).units_source
+
+
 def test_export_decodes_to_the_displacement_at_the_vertices(tmp_path):
     mesh = face_mesh((40, 50))
     d = displacement_uv(mesh.uv[:, 0], mesh.uv[:, 1])
@@ -160,7 +189,7 @@ def test_tangent_normal_map_of_zero_displacement_is_flat_blue(tmp_path):
     E.export_artist_outputs(tmp_path, mesh, displaced(mesh, zero), zero, size=(64, 64))
     rgb = cv2.cvtColor(cv2.imread(str(tmp_path / "normal_tangent_uv.png")), cv2.COLOR_BGR2RGB)
     assert rgb.shape == (64, 64, 3)
-    assert np.abs(rgb.astype(int) - [128, 128, 255]).max() <= 1  # (0.5, 0.5, 1) everywhere
+    assert np.abs(rgb.astype(int) - E.FLAT_TANGENT_RGB).max() <= 1  # (0.5, 0.5, 1) everywhere
     obj = cv2.cvtColor(cv2.imread(str(tmp_path / "normal_object_uv.png")), cv2.COLOR_BGR2RGB)
     assert np.abs(obj.astype(int) - [128, 128, 255]).max() > 60  # object space: the face's normals vary
     q = E.read_png16_grey(tmp_path / "displacement_uv.png")

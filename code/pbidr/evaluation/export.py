@@ -22,7 +22,8 @@ trained model. What is written, and the conventions (README "Use the maps in Ble
     8-bit, ``rgb = (n + 1) / 2``: the detailed mesh's normals in the world frame; black outside the chart.
 ``detailed.glb``
     glTF 2.0 binary: the dense detailed mesh in **metres** (glTF's unit, so Blender imports it at its
-    true size), +Y up as the world frame already is, base-colour texture and ``normalTexture`` =
+    true size), turned so that the face's up is +Y and its front +Z (glTF's convention; no turn for
+    the default face frame), base-colour texture and ``normalTexture`` =
     the tangent-space map. Its ``NORMAL`` and ``TANGENT`` (vec4, w = handedness) are the coarse
     surface's frame at each vertex, the frame the map was baked in: a viewer's shading normal
     ``TBN * map`` is then the detailed normal at texel resolution, where the dense mesh's own normals
@@ -321,6 +322,13 @@ def split_at_seams(mesh: TexturedMesh, extra_key: np.ndarray | None = None) -> t
     return unique[:, 0], unique[:, 1], inverse.reshape(f.shape)
 
 
+def _any_perpendicular(n: np.ndarray) -> np.ndarray:
+    """Unit vectors (N, 3) perpendicular to ``n`` (N, 3): a tangent where no frame is known."""
+    axis = np.where(np.abs(n[:, [0]]) < 0.9, [[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]])
+    t = np.cross(n, axis)
+    return t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-30)
+
+
 def _png_bytes(rgb: np.ndarray) -> bytes:
     import cv2
 
@@ -469,25 +477,59 @@ def units_to_mm(units: str | None) -> float:
     return UNITS_TO_MM[units]
 
 
-def scan_units_to_mm(scan_dir: str | Path) -> tuple[float, str]:
-    """mm per world unit of a scan, from its meta.json ``units`` (mm, cm or m, as recorded by
-    ``pbidr preprocess --units``), and where that came from. A scan without a record is taken to be
-    in mm, the convention of face meshes (3DMM, the built-in sample)."""
+@dataclass
+class ScanFrame:
+    """What the exports need to know about a scan's world frame: mm per world unit (and where that
+    came from), and the face's front and up directions (the view rig's)."""
+
+    units_to_mm: float = 1.0
+    units_source: str = "assumed mm"
+    front: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    up: tuple[float, float, float] = (0.0, 1.0, 0.0)
+
+
+def scan_frame(scan_dir: str | Path) -> ScanFrame:
+    """A scan's :class:`ScanFrame` from its meta.json: ``units`` (mm, cm or m, as recorded by
+    ``pbidr preprocess --units``) and the rig's ``front``/``up``. A scan without a units record is
+    taken to be in mm, the convention of face meshes (3DMM, the built-in sample)."""
     try:
-        units = json.loads((Path(scan_dir) / "meta.json").read_text()).get("units")
-    except (OSError, ValueError, AttributeError):
-        units = None
+        meta = json.loads((Path(scan_dir) / "meta.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    meta = meta if isinstance(meta, dict) else {}
+    units = meta.get("units")
     if isinstance(units, dict):  # allow {"name": "mm", ...}
         units = units.get("name")
+    frame = ScanFrame()
     if units is None:
-        return 1.0, "assumed mm (the scan's meta.json records no units)"
-    return units_to_mm(str(units)), f"the scan's meta.json: {units}"
+        frame.units_source = "assumed mm (the scan's meta.json records no units)"
+    else:
+        frame.units_to_mm, frame.units_source = units_to_mm(str(units)), f"the scan's meta.json: {units}"
+    rig = meta.get("rig") if isinstance(meta.get("rig"), dict) else {}
+    for key in ("front", "up"):
+        value = rig.get(key)
+        if isinstance(value, (list, tuple)) and len(value) == 3:
+            setattr(frame, key, tuple(float(x) for x in value))
+    return frame
+
+
+def gltf_rotation(front=(0.0, 0.0, 1.0), up=(0.0, 1.0, 0.0)) -> np.ndarray:
+    """Rotation (3, 3) from the world frame to glTF's: the face's ``up`` to +Y and ``front`` to +Z
+    (glTF: +Y up, the asset faces +Z, +X = up x front). Identity for the default face convention."""
+    f = np.asarray(front, dtype=np.float64)
+    u = np.asarray(up, dtype=np.float64)
+    f = f / max(np.linalg.norm(f), 1e-30)
+    u = u - np.dot(u, f) * f  # the rig makes up perpendicular to front the same way
+    if np.linalg.norm(u) < 1e-9:
+        raise PbidrError(f"glTF frame: up {tuple(up)} is parallel to front {tuple(front)}")
+    u /= np.linalg.norm(u)
+    return np.stack([np.cross(u, f), u, f])
 
 
 def export_artist_outputs(out_dir: str | Path, coarse: TexturedMesh, detailed: TexturedMesh,
                           displacement: np.ndarray, units_to_mm: float = 1.0, size: tuple[int, int] | None = None,
-                          displacement_mesh: TexturedMesh | None = None,
-                          texture_name: str = "texture.png") -> dict[str, Any]:
+                          displacement_mesh: TexturedMesh | None = None, texture_name: str = "texture.png",
+                          front=(0.0, 0.0, 1.0), up=(0.0, 1.0, 0.0)) -> dict[str, Any]:
     """Write :data:`FILES` into ``out_dir`` (an eval's staging folder) and return their metadata.
 
     ``coarse``: the mesh the maps are for (world frame, with UVs); its UV layout is the maps'
@@ -497,6 +539,7 @@ def export_artist_outputs(out_dir: str | Path, coarse: TexturedMesh, detailed: T
     world units of each vertex of ``displacement_mesh`` (default ``coarse``; a subdivision of it
     sharing its chart gives a finer map) along that mesh's vertex normals. ``units_to_mm``: mm per
     world unit. ``size``: (H, W) of the maps, default the coarse texture's size (else 1024 x 1024).
+    ``front``/``up``: the face's directions in the world frame; the GLB turns them to +Z and +Y.
     """
     from pbidr.evaluation.uv_maps import locate_uv, rasterize_uv, texel_uv
     from pbidr.utils.images import write_png
@@ -558,12 +601,14 @@ def export_artist_outputs(out_dir: str | Path, coarse: TexturedMesh, detailed: T
     g_normal = frame_corner.normal[first]
     g_normal[outside] = detailed.vertex_normals()[vid[outside]]
     g_tan = frame_corner.tangent[first]
+    g_tan[outside] = _any_perpendicular(g_normal[outside])
     g_tan = g_tan - np.sum(g_tan * g_normal, axis=1, keepdims=True) * g_normal
     g_tan /= np.maximum(np.linalg.norm(g_tan, axis=1, keepdims=True), 1e-30)
-    g_tangent = np.concatenate([g_tan, frame_corner.sign[first][:, None]], axis=1)
+    rot = gltf_rotation(front, up)  # proper rotation: tangent handedness is unchanged
+    g_tangent = np.concatenate([g_tan @ rot.T, frame_corner.sign[first][:, None]], axis=1)
     to_metres = units_to_mm / 1000.0
     base_png = _png_bytes(detailed.texture) if detailed.texture is not None else None
-    doc, binary = glb_document(np.asarray(detailed.vertices)[vid] * to_metres, g_normal, g_tangent,
+    doc, binary = glb_document(np.asarray(detailed.vertices)[vid] @ rot.T * to_metres, g_normal @ rot.T, g_tangent,
                                np.asarray(detailed.uv)[tid], gfaces, base_png, _png_bytes(normal_rgb))
     write_glb(out_dir / "detailed.glb", doc, binary)
     if detailed.texture is None:
@@ -591,7 +636,8 @@ def export_artist_outputs(out_dir: str | Path, coarse: TexturedMesh, detailed: T
                               "for": "the coarse mesh", "coverage": float(t_cov.mean())},
         "normal_object_uv": {"encoding": "rgb = (n + 1) / 2 * 255, world-frame normals of the detailed mesh; "
                                          "black = no UV"},
-        "detailed_glb": {"units": "metres", "scale_from_world": to_metres, "up": "+Y (the world frame's)",
+        "detailed_glb": {"units": "metres", "scale_from_world": to_metres,
+                         "rotation_from_world": rot.tolist(), "frame": "+Y the face's up, +Z its front (glTF)",
                          "vertices": int(len(vid)), "faces": int(len(gfaces)),
                          "normal_texture": "normal_tangent_uv.png", "base_color_texture": base_png is not None,
                          "normal_and_tangent": "the coarse surface's frame at each vertex (the map's frame)"},

@@ -499,13 +499,13 @@ def evaluate(
         #    tangent-space normal map, displacement in mm (EXR, fixed mid-level 16-bit PNG), textured PLY.
         t0 = time.perf_counter()
         if coarse.uv is not None and coarse.face_uv is not None:
-            from pbidr.evaluation.export import export_artist_outputs, scan_units_to_mm
+            from pbidr.evaluation.export import export_artist_outputs, scan_frame
 
-            to_mm, units_source = scan_units_to_mm(run.scan_dir)
+            frame = scan_frame(run.scan_dir)  # units and the face's front/up, from the scan's meta.json
             metrics["uv_maps"] = export_artist_outputs(
-                out, coarse, detail.detailed_subdivided, detail.displacement_subdivided, units_to_mm=to_mm,
-                displacement_mesh=detail.detailed_subdivided, texture_name=TEXTURE_NAME)
-            metrics["uv_maps"]["units_source"] = units_source
+                out, coarse, detail.detailed_subdivided, detail.displacement_subdivided, units_to_mm=frame.units_to_mm,
+                displacement_mesh=detail.detailed_subdivided, texture_name=TEXTURE_NAME, front=frame.front, up=frame.up)
+            metrics["uv_maps"]["units_source"] = frame.units_source
             notes.extend(metrics["uv_maps"].pop("notes"))
         else:
             metrics["uv_maps"] = {"skipped": "the coarse mesh has no texture coordinates"}
