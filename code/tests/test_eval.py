@@ -35,7 +35,8 @@ model {
 # A wide band: 20 iterations leave the SDF surface far from the coarse mesh in places.
 FAST = ["--mc-resolution", "48", "--band", "30", "--device", "cpu", "--quiet"]
 EXPECTED = ["detailed.obj", "detailed.mtl", "detailed_subdivided.obj", "detailed_subdivided.mtl", "texture.png",
-            "displacement.npy", "displacement_subdivided.npy", "sdf_mc.ply", "displacement_uv.png", "normal_uv.png",
+            "displacement.npy", "displacement_subdivided.npy", "sdf_mc.ply", "displacement_uv.png", "displacement.exr",
+            "normal_tangent_uv.png", "normal_object_uv.png", "detailed.glb", "detailed.ply",
             "compare.png", "contact_sheet.png", "metrics.json"]
 
 
@@ -103,6 +104,18 @@ def test_eval_writes_every_output(tiny_run, run_copy, capsys):
     assert mc["n_sdf_evals"] < mc["dense_evals"] and mc["n_faces"] > 0 and mc["peak_rss_mb_after"] > 0
     uv = m["uv_maps"]["displacement_uv"]
     assert uv["size"] == [128, 128] and uv["hi"] >= uv["lo"]
+    # The artists' maps decode to eval's displacement in mm (the sample is in mm, with no units record).
+    from pbidr.evaluation.export import decode_displacement_png, read_exr, read_png16_grey
+    from pbidr.evaluation.uv_maps import sample_uv_map
+
+    assert m["uv_maps"]["units_to_mm"] == 1.0 and "assumed mm" in m["uv_maps"]["units_source"]
+    exr = read_exr(out / "displacement.exr")
+    png = decode_displacement_png(read_png16_grey(out / "displacement_uv.png"))
+    clipped = m["uv_maps"]["displacement_uv"]["clipped_fraction"]
+    assert clipped > 0 or np.max(np.abs(png - exr)) < 1e-4  # a 20-step SDF may be far beyond +-4 mm
+    err = sample_uv_map(exr, coarse.uv) - disp
+    assert np.sqrt(np.mean(err ** 2)) < 0.1 * np.sqrt(np.mean(disp ** 2))
+    assert m["uv_maps"]["detailed_glb"]["faces"] == m["coarse_mesh"]["faces"] * 4
     for part in ("displacement_s", "marching_cubes_s", "rendering_s", "total_s"):
         assert m["timings"][part] >= 0
 

@@ -9,8 +9,12 @@ eval leaves an earlier one intact)::
     displacement.npy                  (V,) signed displacement of detailed.obj's vertices (world units)
     displacement_subdivided.npy       the same for detailed_subdivided.obj
     sdf_mc.ply                        marching cubes of the SDF in a narrow band around the coarse mesh
-    displacement_uv.png               16-bit displacement in the coarse UV layout (decode: metrics.json)
-    normal_uv.png                     object-space normals of the detailed mesh, (n + 1) / 2, 8-bit
+    displacement.exr                  float32 displacement in mm in the coarse UV layout, mid-level 0
+    displacement_uv.png               16-bit, d_mm = (png / 65535 - 0.5) * 8 (Blender: mid-level 0.5, strength 8 mm)
+    normal_tangent_uv.png             the detailed normals in the coarse mesh's MikkTSpace frame, 8-bit
+    normal_object_uv.png              object-space (world) normals of the detailed mesh, (n + 1) / 2, 8-bit
+    detailed.glb                      detailed_subdivided in metres, base colour + tangent-space normal map
+    detailed.ply                      detailed_subdivided with per-vertex UVs and colours (TextureFile texture.png)
     compare.png                       coarse vs detailed, clay-shaded from the frontal camera (always)
     renders/NNN_{rgb,diffuse,specular,albedo,normal}.png   (unless --no-rendering)
     contact_sheet.png                 per view: input, rgb, diffuse, specular, albedo, normal
@@ -189,33 +193,6 @@ def displacement_stats(d: np.ndarray) -> dict[str, Any]:
     return {"n": int(len(d)), "mean": float(d.mean()), "std": float(d.std()), "min": float(d.min()),
             "max": float(d.max()), "mean_abs": float(np.abs(d).mean()),
             "percentiles": {f"p{p}": float(v) for p, v in zip(PERCENTILES, np.percentile(d, PERCENTILES))}}
-
-
-# ------------------------------------------------------------------------------------------------
-# UV maps
-
-
-def write_uv_maps(out_dir: Path, mesh: TexturedMesh, displacement: np.ndarray,
-                  size: tuple[int, int]) -> dict[str, Any]:
-    """displacement_uv.png (16-bit) and normal_uv.png (8-bit object-space normals of ``mesh``) in
-    ``mesh``'s UV layout at ``size`` (H, W). Returns their metadata (decoding of the 16-bit map)."""
-    from pbidr.evaluation.uv_maps import rasterize_uv, write_png16
-    from pbidr.utils.images import write_png
-
-    disp_map, coverage = rasterize_uv(mesh, displacement, size)
-    lo, hi = float(np.min(displacement)), float(np.max(displacement))
-    enc = write_png16(out_dir / "displacement_uv.png", disp_map[..., 0], lo, hi)
-    normal_map, _ = rasterize_uv(mesh, mesh.vertex_normals(), size)
-    norm = np.linalg.norm(normal_map, axis=2, keepdims=True)
-    filled = norm[..., 0] > 1e-6  # covered or dilated texels; the rest stay black
-    unit = np.where(filled[..., None], normal_map / np.maximum(norm, 1e-12), 0.0)
-    rgb = np.where(filled[..., None], np.round((unit + 1.0) / 2.0 * 255.0), 0.0).astype(np.uint8)
-    write_png(out_dir / "normal_uv.png", rgb)
-    return {"displacement_uv": {**enc, "units": "world (mesh units)",
-                                "decode": "value = offset + png * scale", "size": [int(size[0]), int(size[1])],
-                                "coverage": float(coverage.mean()), "source": "detailed_subdivided"},
-            "normal_uv": {"encoding": "rgb = (n + 1) / 2 * 255, object-space (world) normals; black = no UV",
-                          "source": "detailed_subdivided"}}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -518,14 +495,21 @@ def evaluate(
             notes.append(f"sdf_mc.ply not written: {err}")
         timings["marching_cubes_s"] = time.perf_counter() - t0
 
-        # 3. UV maps in the coarse layout.
+        # 3. UV maps and artists' outputs in the coarse layout (pbidr.evaluation.export): GLB with a
+        #    tangent-space normal map, displacement in mm (EXR, fixed mid-level 16-bit PNG), textured PLY.
         t0 = time.perf_counter()
         if coarse.uv is not None and coarse.face_uv is not None:
-            size = tuple(coarse.texture.shape[:2]) if coarse.texture is not None else (1024, 1024)
-            metrics["uv_maps"] = write_uv_maps(out, detail.detailed_subdivided, detail.displacement_subdivided, size)
+            from pbidr.evaluation.export import export_artist_outputs, scan_frame
+
+            frame = scan_frame(run.scan_dir)  # units and the face's front/up, from the scan's meta.json
+            metrics["uv_maps"] = export_artist_outputs(
+                out, coarse, detail.detailed_subdivided, detail.displacement_subdivided, units_to_mm=frame.units_to_mm,
+                displacement_mesh=detail.detailed_subdivided, texture_name=TEXTURE_NAME, front=frame.front, up=frame.up)
+            metrics["uv_maps"]["units_source"] = frame.units_source
+            notes.extend(metrics["uv_maps"].pop("notes"))
         else:
             metrics["uv_maps"] = {"skipped": "the coarse mesh has no texture coordinates"}
-            notes.append("displacement_uv.png / normal_uv.png skipped: the coarse mesh has no UVs")
+            notes.append("detailed.glb, displacement maps and normal maps skipped: the coarse mesh has no UVs")
         timings["uv_maps_s"] = time.perf_counter() - t0
 
         # 4. Coarse vs detailed, frontal camera (no network: always written).

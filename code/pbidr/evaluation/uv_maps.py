@@ -29,45 +29,86 @@ def texel_uv(size: tuple[int, int]) -> np.ndarray:
     return np.stack([(cols.ravel() + 0.5) / w, 1.0 - (rows.ravel() + 0.5) / h], axis=1)
 
 
+def locate_uv(mesh: TexturedMesh, uv: np.ndarray, snap: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which UV triangle of ``mesh`` holds each point ``uv`` (N, 2): face (N,) int64 (-1 outside the
+    chart), barycentrics (N, 3) in the face's corner order, and hit (N,) bool. A point outside the
+    chart by at most ``snap`` (UV units) gets the closest point of the chart: a vertex exactly on
+    the chart's border can miss every triangle in float32 ray casting."""
+    if mesh.uv is None or mesh.face_uv is None:
+        raise PbidrError("UV map: the mesh has no texture coordinates")
+    uv = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
+    flat = np.concatenate([np.asarray(mesh.uv, dtype=np.float64), np.zeros((len(mesh.uv), 1))], axis=1)
+    caster = MeshRayCaster(flat, mesh.face_uv)
+    origins = np.concatenate([uv, np.ones((len(uv), 1))], axis=1)
+    directions = np.broadcast_to(np.array([0.0, 0.0, -1.0]), origins.shape)
+    hits = caster.intersect(origins, directions)
+    # Embree's barycentrics follow the UV triangle's corner order, which is the face's order.
+    face, bary = hits.face.copy(), hits.bary.copy()
+    miss = face < 0
+    if snap > 0 and miss.any():
+        from pbidr.geometry.coarse_distance import CoarseDistance
+
+        near = CoarseDistance(flat, mesh.face_uv).closest(origins[miss] * [1.0, 1.0, 0.0])
+        close = np.abs(near.distance) <= snap
+        idx = np.flatnonzero(miss)[close]
+        face[idx], bary[idx] = near.face[close], near.bary[close]
+    return face, bary, face >= 0
+
+
 def rasterize_uv(
-    mesh: TexturedMesh, values: np.ndarray, size: tuple[int, int], dilate: int = 4
+    mesh: TexturedMesh, values: np.ndarray, size: tuple[int, int], dilate: int = 4, per_corner: bool = False,
+    hits: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bake per-vertex ``values`` (V, C) or (V,) into a UV map of ``size`` (H, W).
 
     A texel inside a UV triangle gets the barycentric blend of the triangle's vertex values (values
-    indexed through ``mesh.faces``, UV corners through ``mesh.face_uv``). Uncovered texels within
-    ``dilate`` pixels of a covered one copy the nearest covered value (padding against seam
-    bleeding under bilinear reads); the rest are 0. Returns map (H, W, C) float32 and coverage
-    (H, W) bool (covered by a triangle, before dilation). Where UV triangles overlap, one of them
-    wins.
+    indexed through ``mesh.faces``, UV corners through ``mesh.face_uv``); with ``per_corner`` the
+    values are per face corner, (F, 3, C) or (F, 3) (quantities split at seams, such as tangents).
+    Uncovered texels within ``dilate`` pixels of a covered one copy the nearest covered value
+    (padding against seam bleeding under bilinear reads); the rest are 0. Returns map (H, W, C)
+    float32 and coverage (H, W) bool (covered by a triangle, before dilation). Where UV triangles
+    overlap, one of them wins. ``hits``: ``locate_uv(mesh, texel_uv(size))`` when the caller has it
+    (one ray cast for several maps of one mesh).
     """
     if mesh.uv is None or mesh.face_uv is None:
         raise PbidrError("UV map: the mesh has no texture coordinates")
     values = np.asarray(values, dtype=np.float64)
-    if values.ndim == 1:
-        values = values[:, None]
-    if len(values) != len(mesh.vertices):
-        raise PbidrError(f"UV map: {len(values)} values for {len(mesh.vertices)} vertices")
+    if per_corner:
+        if values.ndim == 2:
+            values = values[..., None]
+        if values.shape[:2] != (len(mesh.faces), 3):
+            raise PbidrError(f"UV map: per-corner values {values.shape} for {len(mesh.faces)} faces")
+    else:
+        if values.ndim == 1:
+            values = values[:, None]
+        if len(values) != len(mesh.vertices):
+            raise PbidrError(f"UV map: {len(values)} values for {len(mesh.vertices)} vertices")
     h, w = int(size[0]), int(size[1])
     if h < 1 or w < 1:
         raise PbidrError(f"UV map: size {size} must be positive")
-    flat = np.concatenate([np.asarray(mesh.uv, dtype=np.float64), np.zeros((len(mesh.uv), 1))], axis=1)
-    caster = MeshRayCaster(flat, mesh.face_uv)
-    uv = texel_uv((h, w))
-    origins = np.concatenate([uv, np.ones((len(uv), 1))], axis=1)
-    directions = np.broadcast_to(np.array([0.0, 0.0, -1.0]), origins.shape)
-    hits = caster.intersect(origins, directions)
-    face = np.maximum(hits.face, 0)
-    # Embree's barycentrics follow the UV triangle's corner order, which is the face's order.
-    out = np.einsum("nk,nkc->nc", hits.bary, values[mesh.faces[face]])
-    out[~hits.hit] = 0.0
+    face, bary, hit = hits if hits is not None else locate_uv(mesh, texel_uv((h, w)))
+    if len(face) != h * w:
+        raise PbidrError(f"UV map: {len(face)} texel hits for a {h} x {w} map")
+    face = np.maximum(face, 0)
+    corner_values = values[face] if per_corner else values[mesh.faces[face]]
+    out = np.einsum("nk,nkc->nc", bary, corner_values)
+    out[~hit] = 0.0
     out = out.reshape(h, w, -1)
-    coverage = hits.hit.reshape(h, w)
+    coverage = hit.reshape(h, w)
+    if dilate > 0:
+        out = dilate_uv_map(out, coverage, dilate)
+    return out.astype(np.float32), coverage
+
+
+def dilate_uv_map(uv_map: np.ndarray, coverage: np.ndarray, dilate: int = 4) -> np.ndarray:
+    """``uv_map`` (H, W, C) with each uncovered texel within ``dilate`` pixels of a covered one set to
+    the nearest covered value (a copy; texels farther away are left as they are)."""
+    out = np.array(uv_map, copy=True)
     if dilate > 0 and coverage.any() and not coverage.all():
         dist, (ii, jj) = ndimage.distance_transform_edt(~coverage, return_indices=True)
         pad = (~coverage) & (dist <= dilate)
         out[pad] = out[ii[pad], jj[pad]]
-    return out.astype(np.float32), coverage
+    return out
 
 
 def sample_uv_map(uv_map: np.ndarray, uv: np.ndarray) -> np.ndarray:

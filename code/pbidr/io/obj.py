@@ -76,20 +76,28 @@ def write_obj(
     return path
 
 
-def write_ply(path: str | Path, vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None = None) -> Path:
-    """Binary little-endian PLY of a triangle mesh (optional uint8 RGB vertex colours)."""
+def write_ply(path: str | Path, vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None = None,
+              uv: np.ndarray | None = None, comments: list[str] | tuple[str, ...] = ()) -> Path:
+    """Binary little-endian PLY of a triangle mesh (optional uint8 RGB vertex colours, optional
+    per-vertex texture coordinates ``s``/``t`` (V, 2), and header comments such as MeshLab's
+    ``TextureFile name.png``)."""
     path = Path(path)
     vertices = np.asarray(vertices, dtype="<f4")
     faces = np.asarray(faces, dtype="<i4")
-    header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(vertices)}",
-              "property float x", "property float y", "property float z"]
+    header = ["ply", "format binary_little_endian 1.0", *[f"comment {c}" for c in comments],
+              f"element vertex {len(vertices)}", "property float x", "property float y", "property float z"]
     vdtype = [("p", "<f4", 3)]
+    if uv is not None:
+        header += ["property float s", "property float t"]
+        vdtype.append(("uv", "<f4", 2))
     if colors is not None:
         header += ["property uchar red", "property uchar green", "property uchar blue"]
         vdtype.append(("c", "u1", 3))
     header += [f"element face {len(faces)}", "property list uchar int vertex_indices", "end_header"]
     vrec = np.empty(len(vertices), dtype=vdtype)
     vrec["p"] = vertices
+    if uv is not None:
+        vrec["uv"] = np.asarray(uv, dtype="<f4")
     if colors is not None:
         vrec["c"] = np.asarray(colors, dtype=np.uint8)
     frec = np.empty(len(faces), dtype=[("n", "u1"), ("i", "<i4", 3)])
