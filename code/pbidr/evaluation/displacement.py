@@ -103,3 +103,28 @@ def subdivide_midpoint(mesh: TexturedMesh) -> TexturedMesh:
         texture_path=mesh.texture_path,
         material_name=mesh.material_name,
     )
+
+
+def subdivide_to_spacing(mesh: TexturedMesh, spacing: float, max_levels: int = 3,
+                         normals: np.ndarray | None = None) -> tuple[TexturedMesh, np.ndarray, int]:
+    """Midpoint subdivisions of ``mesh`` until its median edge is at most ``spacing`` (at most
+    ``max_levels``; at least one). Returns the dense mesh, its vertex normals and the level count.
+
+    The normals are the coarse mesh's smooth ones carried along: a new vertex gets the normalised
+    mean of its edge's two ends (the interpolated normal there), not the flat facet's, so a
+    displacement along them does not print the coarse facets into the dense mesh.
+    """
+    if normals is None:
+        normals = mesh.vertex_normals()
+    normals = np.asarray(normals, dtype=np.float64)
+    levels = 0
+    while levels < max(1, max_levels):
+        e = mesh.vertices[mesh.faces[:, [0, 1, 2]]] - mesh.vertices[mesh.faces[:, [1, 2, 0]]]
+        if levels >= 1 and np.median(np.linalg.norm(e, axis=-1)) <= spacing:
+            break
+        edges, _ = _midpoint_split(mesh.faces, len(mesh.vertices))
+        mid = normals[edges].sum(axis=1)
+        normals = np.concatenate([normals, mid / np.maximum(np.linalg.norm(mid, axis=1, keepdims=True), 1e-12)])
+        mesh = subdivide_midpoint(mesh)
+        levels += 1
+    return mesh, normals, levels

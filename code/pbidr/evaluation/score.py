@@ -409,7 +409,31 @@ def _stamp(folder: Path) -> tuple:
     return tuple((folder / n).stat().st_mtime_ns if (folder / n).exists() else None for n in names)
 
 
-def score_mesh(mesh_path: str | Path, sample_dir: str | Path) -> dict:
+def ceiling_vertices(vertices: np.ndarray, truth: SampleTruth) -> np.ndarray:
+    """The truth at a mesh's own vertices: each vertex replaced by its closest coarse point Q plus the
+    true displacement at Q's (u, v) along the coarse normal there. Vertices farther than
+    MAX_DISTANCE_MM from the coarse mesh stay where they are. Scoring the result gives the best any
+    mesh with these vertices (its density and topology) can score: the ceiling."""
+    coarse = truth.coarse
+    proj = project_to_mesh(vertices, coarse.vertices, coarse.faces, max_distance=MAX_DISTANCE_MM)
+    ok = proj.face >= 0
+    out = np.array(vertices, dtype=np.float64, copy=True)
+    face, bary = proj.face[ok], proj.bary[ok]
+    uv = np.einsum("ij,ijk->ik", bary, coarse.uv[coarse.face_uv[face]])
+    n = np.einsum("ij,ijk->ik", bary, truth.coarse_normals[coarse.faces[face]])
+    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+    d = face_sample.displacement_uv(uv[:, 0], uv[:, 1], truth.seed)
+    out[ok] = proj.point[ok] + d[:, None] * n
+    return out
+
+
+def recovered_fraction(ratio: float, ceiling: float) -> float:
+    """(1 - ratio) / (1 - ceiling): the share of the error that the mesh's density allows to remove
+    which it removed (1 = as good as the truth at its vertices, 0 = the coarse mesh)."""
+    return (1.0 - ratio) / (1.0 - ceiling) if ceiling < 1.0 else math.nan
+
+
+def score_mesh(mesh_path: str | Path, sample_dir: str | Path, ceiling: bool = True) -> dict:
     """Score the mesh at ``mesh_path`` (world frame, mm) against the sample in ``sample_dir``.
 
     Returns the JSON-ready dict described in the module docstring (non-finite numbers as strings).
@@ -429,6 +453,12 @@ def score_mesh(mesh_path: str | Path, sample_dir: str | Path) -> dict:
                          f"(is the mesh in the sample's world frame, in mm?)")
     errors = _errors(scores.normal_error_deg)
     residual = scores.displacement - scores.true_displacement
+    extra = {}
+    if ceiling:  # the truth at the same vertices, scored the same way
+        best = score_vertices(ceiling_vertices(vertices, truth), faces, truth)
+        ceiling_ratio = float(best.normal_error_deg.mean() / coarse_errors["mean"])
+        ratio = errors["mean"] / coarse_errors["mean"]
+        extra = {"ceiling_ratio": ceiling_ratio, "recovered_fraction": recovered_fraction(ratio, ceiling_ratio)}
     leak, n_freckle, n_control = albedo_leak(scores, truth)
     result = {
         "mesh": str(mesh_path),
@@ -438,6 +468,7 @@ def score_mesh(mesh_path: str | Path, sample_dir: str | Path) -> dict:
         "normal_error_deg": errors,
         "coarse_normal_error_deg": coarse_errors,
         "normal_error_ratio": errors["mean"] / coarse_errors["mean"],
+        **extra,
         "displacement_correlation": _correlation(scores.displacement, scores.true_displacement),
         "displacement_rms_mm": float(np.sqrt(np.mean(residual**2))),
         "albedo_leak": leak,
@@ -483,7 +514,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         write_json(args.out, result)
         print(f"score written to {args.out}: normal error {_fmt(result['normal_error_deg']['mean'])} deg "
               f"(ratio to coarse {_fmt(result['normal_error_ratio'])}), displacement r "
-              f"{_fmt(result['displacement_correlation'])}, albedo leak {_fmt(result['albedo_leak'])}")
+              f"{_fmt(result['displacement_correlation'])}, albedo leak {_fmt(result['albedo_leak'])}, ceiling "
+              f"{_fmt(result['ceiling_ratio'])}, recovered fraction {_fmt(result['recovered_fraction'])}")
     else:
         print(json.dumps(result, indent=2))
     return 0

@@ -33,6 +33,8 @@ model {
         # coarse_residual: f(x) = d_coarse(x) + r(p(x)), the coarse mesh's signed distance plus a
         # residual network that starts at zero (pbidr.model.residual_sdf); needs the coarse mesh.
         parameterisation = sphere
+        # displacement_map: f(x) = d_coarse(x) - D(uv(c(x))), D a map on the coarse mesh's UV chart
+        # (pbidr.detail.field), fitted on every texel (train.solver = texels); shape: displacement_map.
         # coarse_residual: bound of |r| (normalised units), and whether r is read at x projected onto
         # the coarse mesh's tangent plane (a displacement along the coarse normal) or at x itself.
         max_residual = 0.02
@@ -50,6 +52,15 @@ model {
     }
     # Normal the diffuse shading network sees: coarse (PBIDR: the coarse mesh's) or sdf (the SDF's).
     diffuse_normal = coarse
+    # The displacement_map parameterisation's map: resolution (texels per side; 0 = the texture's
+    # size), its grid levels (cells of 2^k texels, finest_level .. coarsest_level, summed) and the
+    # bound of |D| (world units, tanh).
+    displacement_map {
+        resolution = 0
+        finest_level = 1
+        coarsest_level = 5
+        max_displacement = 5.0
+    }
     diffuse_network {
         dims = [128]
         d_out = 1
@@ -135,6 +146,26 @@ loss {
     residual_lowpass_weight = 0.0
     # Mean L1 albedo difference over model.albedo_smoothness_step (piecewise-constant albedo prior).
     albedo_smoothness_weight = 0.0
+    # train.solver = texels: the texel fit's energy (pbidr.detail.fit, FitConfig has the docs).
+    texel {
+        colour_source = texture      # texture (the views are its renders) or views (project into the images)
+        light_model = lambert        # lambert (ambient + clamped diffuse) or poly (SH of light_order)
+        light_order = 2
+        light_iters = 4
+        albedo_radius_mm = 4.0       # window half-size of the albedo model (affine in chromaticity)
+        albedo_eps = 1.0e-4
+        albedo_guide_order = 2       # 1: affine in chromaticity, 2: quadratic (blends of two colours)
+        robust_scale = 0.005         # Charbonnier scale of the data term (log units)
+        mark_tau = 0.02              # marks (chromaticity far from the local mean) count less; 0: off
+        mark_radius_mm = 3.0
+        dark_level = 0.25            # dark texels count less: the log of a dark 8-bit colour is noise
+        lowpass_sigma_mm = 10.0      # D's local mean over this Gaussian is penalised (no low frequencies)
+        lowpass_weight = 20.0
+        laplacian_weight = 0.3
+        seam_weight = 10.0           # the UV copies of a seam vertex agree
+        level_steps = 12             # steps between the opening of two map levels (coarse to fine)
+        final_lr_fraction = 0.05     # cosine decay of train.learning_rate to this fraction
+    }
     alpha = 50.0
     alpha_factor = 2.0
     alpha_milestones = [250, 500, 750, 1000, 1250]

@@ -25,7 +25,7 @@ from pbidr.model.sdf_network import SDFNetwork
 from pbidr.model.shading import AlbedoNetwork, DiffuseShadingNetwork, SpecularShadingNetwork
 
 
-PARAMETERISATIONS = ("sphere", "coarse_residual")
+PARAMETERISATIONS = ("sphere", "coarse_residual", "displacement_map")
 
 
 @dataclass
@@ -169,7 +169,22 @@ class PBIDRModel(nn.Module):
             raise ValueError(f"model.sdf_network.parameterisation must be one of {PARAMETERISATIONS}, "
                              f"got {self.parameterisation!r}")
         self.coarse_to_fine_iters = sc.get_int("coarse_to_fine_iters")
-        if self.parameterisation == "coarse_residual":
+        if self.parameterisation == "displacement_map":
+            from pbidr.detail.field import MapSDF
+
+            if feature_dim != 0:
+                raise ValueError("model.feature_vector_size must be 0 with the displacement_map parameterisation "
+                                 "(the map has no feature vector)")
+            mc = conf.get_config("displacement_map")
+            if mc.get_int("finest_level") > mc.get_int("coarsest_level"):
+                raise ValueError("model.displacement_map.finest_level must be <= coarsest_level")
+            # resolution 0 (the texture's size) is resolved by the trainer before it builds the model
+            # and saved in the run's conf; 8 only stands in when a conf is merely checked.
+            res = mc.get_int("resolution") or 8
+            self.sdf_network = MapSDF(size=(res, res),
+                                      levels=list(range(mc.get_int("coarsest_level"), mc.get_int("finest_level") - 1, -1)),
+                                      max_displacement=mc.get_float("max_displacement"))
+        elif self.parameterisation == "coarse_residual":
             self.sdf_network = ResidualSDF(
                 feature_dim=feature_dim, dims=sc.get_list("dims"), skip_in=sc.get_list("skip_in"),
                 multires=sc.get_int("multires"), weight_norm=sc.get_bool("weight_norm"), beta=sc.get_float("beta"),
@@ -221,12 +236,16 @@ class PBIDRModel(nn.Module):
     # ------------------------------------------------------------------ coarse mesh and schedules
     @property
     def needs_coarse_mesh(self) -> bool:
-        return self.parameterisation == "coarse_residual"
+        return self.parameterisation in ("coarse_residual", "displacement_map")
 
-    def attach_coarse_mesh(self, vertices, faces, normals=None) -> None:
+    def attach_coarse_mesh(self, vertices, faces, normals=None, uv=None, face_uv=None, scale: float = 1.0) -> None:
         """The coarse mesh in the normalised frame (vertices (V, 3), faces (F, 3), optional unit vertex
-        normals): the base of the ``coarse_residual`` SDF. A no-op for the ``sphere`` parameterisation."""
-        if self.needs_coarse_mesh:
+        normals): the base of the ``coarse_residual`` and ``displacement_map`` SDFs; the latter also
+        needs the UVs (uv (T, 2), face_uv (F, 3)) and ``scale`` (world units per normalised unit).
+        A no-op for the ``sphere`` parameterisation."""
+        if self.parameterisation == "displacement_map":
+            self.sdf_network.attach(CoarseDistance(vertices, faces, normals), uv, face_uv, scale)
+        elif self.needs_coarse_mesh:
             self.sdf_network.attach_coarse(CoarseDistance(vertices, faces, normals))
 
     def set_step(self, step: int) -> None:

@@ -45,6 +45,7 @@ train {
     plot_res = 128               # longest side of the plot render in pixels
     render_chunk = 4096          # rays per chunk when rendering (memory knob)
     seed = 0
+    solver = rays                # rays: IDR's ray batches from the views; texels: the whole UV chart per step
 }
 dataset {
     img_res = []                 # [H, W] to resample the scan's images to; [] keeps their size
@@ -68,9 +69,13 @@ _POSITIVE = {"train.batch_size", "train.nepoch", "train.learning_rate", "train.s
              "train.render_chunk", "model.sdf_network.max_residual", "model.sdf_network.beta",
              "model.ray_tracer.object_bounding_sphere", "model.ray_tracer.sdf_threshold",
              "model.ray_tracer.line_search_step", "model.ray_tracer.band", "model.sdf_chunk",
-             "model.residual_lowpass_radius", "model.residual_lowpass_samples", "loss.alpha", "loss.alpha_factor"}
+             "model.residual_lowpass_radius", "model.residual_lowpass_samples", "loss.alpha", "loss.alpha_factor",
+             "model.displacement_map.max_displacement", "loss.texel.albedo_radius_mm", "loss.texel.robust_scale",
+             "loss.texel.lowpass_sigma_mm", "loss.texel.level_steps", "loss.texel.light_iters"}
 _AT_MOST_ONE = {"train.mask_ray_fraction"}
-_CHOICES = {"model.diffuse_normal": ("coarse", "sdf"), "model.sdf_network.d_in": (3,),
+_CHOICES = {"model.diffuse_normal": ("coarse", "sdf"), "model.sdf_network.d_in": (3,), "train.solver": ("rays", "texels"),
+            "loss.texel.colour_source": ("texture", "views"), "loss.texel.light_model": ("lambert", "poly"),
+            "loss.texel.albedo_guide_order": (1, 2),
             "model.diffuse_network.d_out": (1, 3), "model.specular_network.d_out": (1, 3)}
 # List keys whose entries must be > 0 (layer widths, image size); other lists hold indices or steps (>= 0).
 _POSITIVE_ENTRIES = ("dims", "img_res")

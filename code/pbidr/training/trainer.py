@@ -89,6 +89,20 @@ class TrainResult:
 # Checkpoints
 
 
+@dataclass
+class TexelTerms:
+    """One texel-solver step's energy terms (floats), shaped like LossTerms for the run loop."""
+
+    terms: dict[str, float]
+
+    @property
+    def total(self) -> torch.Tensor:
+        return torch.tensor(self.terms["total"])
+
+    def as_floats(self) -> dict[str, float]:
+        return dict(self.terms)
+
+
 def checkpoint_path(exp_dir: Path, which: str | int = "latest") -> Path:
     ckpt_dir = Path(exp_dir) / CHECKPOINT_DIR
     if which in ("latest", None):
@@ -276,14 +290,34 @@ class Trainer:
         iters = tc.get_int("iters")
         self.total_steps = iters if iters > 0 else tc.get_int("nepoch") * self.epoch_len
 
+        self.texel_solver = None
+        self.solver = tc.get_string("solver")
+        param = conf.get_string("model.sdf_network.parameterisation")
+        if (self.solver == "texels") != (param == "displacement_map"):
+            raise PbidrError(f"train.solver = {self.solver} and model.sdf_network.parameterisation = {param}: the "
+                             "texel solver fits the displacement_map parameterisation, and only it")
+        if param == "displacement_map" and conf.get_int("model.displacement_map.resolution") == 0:
+            from pbidr.detail.solver import map_resolution
+
+            # resolved once and saved in the run's conf, so eval builds the same map
+            conf.put("model.displacement_map.resolution", map_resolution(conf, self.data.mesh))
+
         torch.manual_seed(self.seed)
         self.rng = np.random.default_rng(self.seed)
         random.seed(self.seed)
         self.model = PBIDRModel(conf.get_config("model")).to(device)
         coarse = self.sampler.coarse
-        self.model.attach_coarse_mesh(coarse.vertices, coarse.faces, coarse.vertex_normals)
+        self.model.attach_coarse_mesh(coarse.vertices, coarse.faces, coarse.vertex_normals, uv=self.data.mesh.uv,
+                                      face_uv=self.data.mesh.face_uv, scale=float(self.data.scale_mat[0, 0]))
         self.loss_fn = PBIDRLoss(conf.get_config("loss"))
-        self.optimizer, self.scheduler = make_optimizer(self.model, tc, self.epoch_len)
+        if self.solver == "texels":
+            from pbidr.detail.solver import TexelSolver
+
+            self.texel_solver = TexelSolver(self.model, conf, self.data.mesh, self.scan_dir, device,
+                                            self.total_steps)
+            self.optimizer, self.scheduler = self.texel_solver.optimizer, self.texel_solver.scheduler
+        else:
+            self.optimizer, self.scheduler = make_optimizer(self.model, tc, self.epoch_len)
         self.step = 0
         if resume_ckpt is not None:
             self.model.load_state_dict(resume_ckpt["model"])
@@ -306,6 +340,8 @@ class Trainer:
         return self.loss_fn.alpha_for(self.step // self.epoch_len)
 
     def save_checkpoint(self) -> Path:
+        if self.texel_solver is not None:
+            self.texel_solver.refresh_buffers()
         state = {
             "step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "alpha": self.alpha(), "rng": _rng_state(self.rng),
@@ -347,8 +383,17 @@ class Trainer:
         return self._tb or None
 
     def plot(self) -> Path:
-        """Render the plot view at plot_res; PNG in plots/ and an image in TensorBoard."""
+        """Render the plot view at plot_res; PNG in plots/ and an image in TensorBoard. The texel
+        solver shows its maps instead (D and the albedo in the chart): they are what it fits."""
         tc = self.conf.get_config("train")
+        if self.texel_solver is not None:
+            from pbidr.detail.maps import maps_sheet
+
+            self.texel_solver.refresh_buffers()
+            sheet = maps_sheet(self.model.sdf_network, tc.get_int("plot_res"))
+            path = self.exp_dir / "plots" / f"step_{self.step:07d}.png"
+            write_png(path, sheet)
+            return path
         cam = self.data.cameras[tc.get_int("plot_view")]
         scale = tc.get_int("plot_res") / max(cam.width, cam.height)
         small = resize_camera(cam, max(1, round(cam.width * scale)), max(1, round(cam.height * scale)))
@@ -368,7 +413,11 @@ class Trainer:
         return path
 
     # -------------------------------------------------------------------------------------------
-    def train_step(self) -> LossTerms:
+    def train_step(self) -> LossTerms | "TexelTerms":
+        if self.texel_solver is not None:
+            terms = TexelTerms(self.texel_solver.step(self.step))
+            self.step += 1
+            return terms
         rays = self.sampler.sample(self.batch_size, self.rng, self.conf.get_float("train.mask_ray_fraction"))
         batch = batch_to_device(rays, self.device)
         rgb_gt = torch.as_tensor(rays["rgb"], device=self.device) * 2.0 - 1.0  # images compared in [-1, 1]
@@ -459,15 +508,18 @@ class Trainer:
                 last = terms.as_floats()
                 rays_s = self.batch_size / max(dt, 1e-9)
                 bar.update(1)
-                bar.set_postfix_str(f"loss {last['total']:.4f} rgb {last['rgb']:.4f} eik {last['eikonal']:.4f} "
-                                    f"mask {last['mask']:.4f} pull {last['mesh_pull']:.2e} nrm {last['normal']:.4f} "
-                                    f"{rays_s:.0f} rays/s")
+                if self.texel_solver is not None:
+                    bar.set_postfix_str(" ".join(f"{k} {v:.4g}" for k, v in last.items()))
+                else:
+                    bar.set_postfix_str(f"loss {last['total']:.4f} rgb {last['rgb']:.4f} eik {last['eikonal']:.4f} "
+                                        f"mask {last['mask']:.4f} pull {last['mesh_pull']:.2e} "
+                                        f"nrm {last['normal']:.4f} {rays_s:.0f} rays/s")
                 if self.step % 10 == 0 or self.step == self.total_steps:
-                    lr = self.optimizer.param_groups[1]["lr"]
+                    lr = self.optimizer.param_groups[-1]["lr"]  # the appearance group (the only one for texels)
                     self._log(f"step {self.step} " + " ".join(f"{k} {v:.6g}" for k, v in last.items())
                               + f" lr {lr:.3g} alpha {self.alpha():.4g} rays/s {rays_s:.0f}"
-                              + f" sdf_evals/ray {self.last_counts['n_sdf_evals'] / self.batch_size:.1f}"
-                              + f" trace_fallback {self.last_counts['n_trace_fallback']}")
+                              + (f" sdf_evals/ray {self.last_counts['n_sdf_evals'] / self.batch_size:.1f}"
+                                 f" trace_fallback {self.last_counts['n_trace_fallback']}" if self.last_counts else ""))
                     tb = self._tensorboard()
                     if tb:
                         for k, v in last.items():
@@ -475,8 +527,9 @@ class Trainer:
                         tb.add_scalar("train/lr", lr, self.step)
                         tb.add_scalar("train/alpha", self.alpha(), self.step)
                         tb.add_scalar("train/rays_per_s", rays_s, self.step)
-                        tb.add_scalar("train/sdf_evals_per_ray", self.last_counts["n_sdf_evals"] / self.batch_size,
-                                      self.step)
+                        if self.last_counts:
+                            tb.add_scalar("train/sdf_evals_per_ray", self.last_counts["n_sdf_evals"] / self.batch_size,
+                                          self.step)
                 if (ckpt_freq > 0 and self.step % ckpt_freq == 0) or (
                         ckpt_seconds > 0 and time.perf_counter() - self._last_checkpoint_t >= ckpt_seconds):
                     self.save_checkpoint()
