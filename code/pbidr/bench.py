@@ -140,7 +140,7 @@ def run_all(root: Path, out_json: Path, quick: bool = False, progress: bool = Tr
 
     size = QUICK if quick else FULL
     repo = Path(__file__).resolve().parents[2]
-    fast_conf, test_conf = repo / "confs" / "fast.conf", repo / "confs" / "test.conf"
+    fast_conf, test_conf = repo / "confs" / "fast_mlp.conf", repo / "confs" / "test.conf"
     work = out_json.parent / ("work_quick" if quick else "work")
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {"quick": quick, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine_info()}
@@ -159,7 +159,7 @@ def run_all(root: Path, out_json: Path, quick: bool = False, progress: bool = Tr
     t0 = time.perf_counter()
     preprocess(raw, scan, Rig(yaw=size["views"], res=size["res"]), progress=progress, overwrite=True)
     e2e["preprocess_s"] = time.perf_counter() - t0
-    log("e2e: train (confs/fast.conf)")
+    log("e2e: train (confs/fast_mlp.conf)")
     t0 = time.perf_counter()
     overrides = {"train.iters": size["train_iters"]} if size["train_iters"] else {}
     # overwrite: an earlier benchmark run is replaced; anything else in its place is refused
@@ -244,11 +244,11 @@ def markdown(results: dict) -> str:
     ev = results["eval"]
     lines += ["", "| eval | MC res | MC s | SDF evals | dense evals | saving | eval peak RSS MB | eval s |",
               "|---|---|---|---|---|---|---|---|",
-              f"| fast.conf run | {ev['mc_resolution']} | {_f(ev['mc_s'])} | {ev['mc_sdf_evals']} | "
+              f"| fast_mlp.conf run | {ev['mc_resolution']} | {_f(ev['mc_s'])} | {ev['mc_sdf_evals']} | "
               f"{ev['mc_dense_evals']} | {_f(ev['mc_eval_saving'], '.0f')}x | {_f(ev['eval_peak_rss_mb'], '.0f')} | "
               f"{_f(ev['eval_total_s'])} |"]
     q = results["quality"]
-    lines += ["", f"Quality after {q['train_iters']} iterations of confs/fast.conf (masked PSNR "
+    lines += ["", f"Quality after {q['train_iters']} iterations of confs/fast_mlp.conf (masked PSNR "
               f"{_f(q['psnr_mean'], '.2f')} dB):", "",
               "| mesh | normal-error ratio (vs coarse) | mean / median normal error deg | displacement corr. | "
               "RMS mm | albedo leak |", "|---|---|---|---|---|---|"]

@@ -7,7 +7,7 @@ step in ``--curve`` (and the last): the coarse mesh displaced by the checkpoint'
 (``detailed.obj``, exactly as eval writes it) scored with ``pbidr score``. Results go to
 ``OUT/quality.json`` and a Markdown table ``OUT/quality.md``; nothing here is a timed unit test.
 
-Variants are conf overrides on top of ``--conf`` (default confs/fast.conf): ``VARIANTS`` holds the
+Variants are conf overrides on top of ``--conf`` (default confs/fast_mlp.conf, the ray/MLP detail mode): ``VARIANTS`` holds the
 ablation's levers, each switching one choice of the detail mode off.
 """
 
@@ -29,7 +29,7 @@ from pbidr.utils.atomic import write_json, write_text
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Each lever of the detail mode switched off (relative to confs/fast.conf); "conf" names another conf.
+# Each lever of the detail mode switched off (relative to confs/fast_mlp.conf); "conf" names another conf.
 VARIANTS: dict[str, dict[str, object]] = {
     "full": {},
     "pbidr_cpu": {"conf": "confs/fast_pbidr.conf"},  # the previous default: PBIDR's model at CPU size
@@ -46,7 +46,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "diffuse_coarse_normal": {"model.diffuse_normal": "coarse"},
     # 5. the geometry learning as fast as the appearance.
     "geometry_lr_1": {"train.sdf_lr_factor": 1.0},
-    # the piecewise-constant albedo prior switched on (off in fast.conf).
+    # the piecewise-constant albedo prior switched on (off in fast_mlp.conf).
     "albedo_prior": {"model.albedo_smoothness_step": 0.005, "loss.albedo_smoothness_weight": 0.5},
 }
 
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default="full", help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--iters", type=int, default=None, help="training iterations (default: the conf's)")
     p.add_argument("--curve", default="", help="also score these steps, e.g. 300,600,1500")
-    p.add_argument("--conf", default=str(REPO / "confs" / "fast.conf"))
+    p.add_argument("--conf", default=str(REPO / "confs" / "fast_mlp.conf"))
     p.add_argument("--jobs", type=int, default=1, help="runs at a time")
     p.add_argument("--threads", type=int, default=2, help="torch threads per run")
     p.add_argument("--res", type=int, default=1024, help="preprocess resolution")

@@ -16,11 +16,11 @@ def test_quick_benchmark_writes_every_key(tmp_path):
         assert saved["e2e"][key] > 0
     assert saved["render"]["render_s_median"] > 0
     assert {(r["conf"], r["mode"]) for r in saved["train_speed"]} == {
-        ("fast.conf", "idr"), ("fast.conf", "mesh"), ("test.conf", "idr"), ("test.conf", "mesh")}
+        ("fast_mlp.conf", "idr"), ("fast_mlp.conf", "mesh"), ("test.conf", "idr"), ("test.conf", "mesh")}
     for row in saved["train_speed"]:
         assert row["s_per_iter"] > 0 and row["gflop_per_iter"] > 0 and 0 < row["flop_rate_vs_matmul"] < 2
     assert saved["eval"]["mc_sdf_evals"] and saved["eval"]["mc_dense_evals"] >= saved["eval"]["mc_sdf_evals"]
     for name in ("detailed.obj", "detailed_subdivided.obj"):
         assert "normal_error_ratio" in saved["quality"][name]
     table = markdown(results)
-    assert "| fast.conf | mesh |" in table and "normal-error ratio" in table
+    assert "| fast_mlp.conf | mesh |" in table and "normal-error ratio" in table

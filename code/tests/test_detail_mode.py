@@ -177,7 +177,8 @@ def test_fast_conf_is_the_detail_mode_and_test_conf_the_paper():
     from pathlib import Path
 
     confs = Path(__file__).resolve().parents[2] / "confs"
-    fast = load_conf(confs / "fast.conf")
+    fast = load_conf(confs / "fast_mlp.conf")
+    assert load_conf(confs / "fast.conf").get_string("model.sdf_network.parameterisation") == "displacement_map"
     paper = load_conf(confs / "test.conf")
     assert fast.get_string("model.sdf_network.parameterisation") == "coarse_residual"
     assert paper.get_string("model.sdf_network.parameterisation") == "sphere"
@@ -186,7 +187,7 @@ def test_fast_conf_is_the_detail_mode_and_test_conf_the_paper():
 
 
 def test_detail_mode_end_to_end_on_a_tiny_sample(tmp_path):
-    """fast.conf's detail mode at toy sizes: rays drawn inside the mask, a time budget that stops the
+    """fast_mlp.conf's detail mode (ray batches, residual MLP) at toy sizes: rays drawn inside the mask, a time budget that stops the
     run, eval's ground-truth panel, score and band sizing."""
     import json
 
@@ -209,9 +210,9 @@ def test_detail_mode_end_to_end_on_a_tiny_sample(tmp_path):
              "model.sdf_network.dims": [64, 64], "model.sdf_network.skip_in": [1],
              "model.albedo_network.dims": [16], "model.residual_lowpass_points": 16}
     run = tmp_path / "run"
-    result = Trainer(tmp_path / "scan", run, confs / "fast.conf", small, progress=False).run()
+    result = Trainer(tmp_path / "scan", run, confs / "fast_mlp.conf", small, progress=False).run()
     assert result.step == 12
-    budget = Trainer(tmp_path / "scan", tmp_path / "budget", confs / "fast.conf",
+    budget = Trainer(tmp_path / "scan", tmp_path / "budget", confs / "fast_mlp.conf",
                      {**small, "train.iters": 100000, "train.time_budget_s": 2.0}, progress=False).run()
     assert 0 < budget.step < 100000 and "time budget" in (tmp_path / "budget" / "log.txt").read_text()
 

@@ -350,7 +350,7 @@ def adam_step(objective: TexelObjective, grids: "DisplacementGrids", optimizer: 
         if k >= open_levels and g.grad is not None:
             g.grad.zero_()
     optimizer.step()
-    return {"total": float(e), **{k: float(v) for k, v in terms.items()}}
+    return {"total": float(e.detach()), **{k: float(v) for k, v in terms.items()}}
 
 
 def fit_detail(chart: TexelChart, colours: np.ndarray, config: FitConfig | None = None,

@@ -50,6 +50,10 @@ def chart_colours(conf: ConfigTree, chart: TexelChart, mesh: TexturedMesh, scan_
     source = conf.get_string("loss.texel.colour_source")
     if source == "texture":
         if mesh.texture is None:
+            if mesh.vertex_colors is not None:
+                from pbidr.detail.atlas import vertex_colours_on_chart
+
+                return vertex_colours_on_chart(mesh, chart)
             raise PbidrError(f"{mesh.source or 'the scan mesh'}: has no texture; set loss.texel.colour_source = views")
         return texture_colours(mesh, chart.size)
     from pbidr.detail.views import view_colours

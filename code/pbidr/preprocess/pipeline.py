@@ -87,6 +87,14 @@ def preprocess(
             bar.update(1)
         bar.close()
         save_npz(tmp / "cameras.npz", **cameras_npz_arrays(cameras, scale_mat))
+        if not mesh.has_texture and mesh.uv is None and mesh.vertex_colors is not None:
+            # The detail is a map on the mesh's UV chart: give a vertex-coloured mesh one (xatlas) and
+            # bake its colours into a texture; the views above were rendered from the colours themselves.
+            from pbidr.detail.atlas import textured_from_vertex_colours
+
+            mesh = textured_from_vertex_colours(mesh)
+            warnings.append("the mesh has no texture coordinates: the scan's mesh.obj has an xatlas chart and "
+                            "its vertex colours baked into a 1024^2 texture")
         write_obj(tmp / SCAN_MESH, mesh)
         per_row = int(np.ceil(np.sqrt(len(thumbs) * 1.5)))
         rows = [thumbs[i : i + per_row] for i in range(0, len(thumbs), per_row)]

@@ -56,11 +56,13 @@ dataset {
 BLOCKS = ("train", "dataset", "model", "loss")
 
 # Where the named confs live: confs/ at the repository root (pip install -e . keeps the package there).
-PRESETS = {"detail": "fast.conf", "paper": "test.conf", "pbidr-cpu": "fast_pbidr.conf"}
+PRESETS = {"detail": "fast.conf", "paper": "test.conf", "pbidr-cpu": "fast_pbidr.conf", "detail-mlp": "fast_mlp.conf"}
 DEFAULT_PRESET = "detail"
-PRESET_HELP = ("detail = confs/fast.conf (the default: the detail mode, sized for 2 CPU cores), "
+PRESET_HELP = ("detail = confs/fast.conf (the default: the detail mode, a displacement map fitted on every texel, "
+               "sized for 2 CPU cores), "
                "paper = confs/test.conf (the paper's settings, for a GPU: hours on a CPU), "
-               "pbidr-cpu = confs/fast_pbidr.conf (PBIDR's model at CPU size)")
+               "pbidr-cpu = confs/fast_pbidr.conf (PBIDR's model at CPU size), "
+               "detail-mlp = confs/fast_mlp.conf (the detail mode with ray batches and a residual MLP)")
 
 # Keys whose default is written as an integer but which hold seconds (any number).
 _FLOAT_KEYS = {"train.time_budget_s", "train.checkpoint_seconds"}
