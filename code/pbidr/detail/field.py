@@ -55,7 +55,13 @@ class MapSDF(nn.Module):
         self._dual = None
         self.embed = _NoEncoding()
 
+    off_surface_tolerance = 0.5  # the coarse distance flips sign beyond an open border without a zero
+
     # ------------------------------------------------------------------ coarse mesh
+    def attach_coarse_mesh(self, vertices, faces, normals=None, uv=None, face_uv=None, scale: float = 1.0) -> None:
+        """``SDFField``: the coarse mesh (normalised frame) with its UVs, and the world scale."""
+        self.attach(CoarseDistance(vertices, faces, normals), uv, face_uv, scale)
+
     def attach(self, coarse: CoarseDistance, uv: np.ndarray, face_uv: np.ndarray, scale: float) -> None:
         """The coarse mesh (normalised frame) with its UVs; ``scale`` = world units per normalised unit."""
         from pbidr.detail.chart import dual_tangent_basis

@@ -511,7 +511,7 @@ def evaluate(
         t0 = time.perf_counter()
         try:
             # The coarse-residual SDF changes sign beyond an open border without crossing zero.
-            tolerance = 0.5 if model.needs_coarse_mesh else None
+            tolerance = model.sdf_network.off_surface_tolerance
             ls = level_set_world(sdf, coarse, scale_mat, mc_resolution, band, device, chunk, lipschitz, progress,
                                  off_surface_tolerance=tolerance)
             write_ply(out / "sdf_mc.ply", ls.vertices, ls.faces)

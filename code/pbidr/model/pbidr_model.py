@@ -16,16 +16,13 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from pbidr.model.conf_defaults import model_conf
-from pbidr.geometry.coarse_distance import CoarseDistance
 from pbidr.model.mesh_guided_tracing import trace_rays_mesh_guided
 from pbidr.model.ray_tracing import RayTracerConfig, TraceResult, trace_rays
 from pbidr.model.sample_network import sample_network
-from pbidr.model.residual_sdf import ResidualSDF
-from pbidr.model.sdf_network import SDFNetwork
+from pbidr.model.fields import PARAMETERISATIONS, make_sdf_field  # noqa: F401 (PARAMETERISATIONS: re-exported)
 from pbidr.model.shading import AlbedoNetwork, DiffuseShadingNetwork, SpecularShadingNetwork
 
 
-PARAMETERISATIONS = ("sphere", "coarse_residual", "displacement_map")
 
 
 @dataclass
@@ -165,43 +162,8 @@ class PBIDRModel(nn.Module):
 
         sc = conf.get_config("sdf_network")
         self.parameterisation = sc.get_string("parameterisation")
-        if self.parameterisation not in PARAMETERISATIONS:
-            raise ValueError(f"model.sdf_network.parameterisation must be one of {PARAMETERISATIONS}, "
-                             f"got {self.parameterisation!r}")
         self.coarse_to_fine_iters = sc.get_int("coarse_to_fine_iters")
-        if self.parameterisation == "displacement_map":
-            from pbidr.detail.field import MapSDF
-
-            if feature_dim != 0:
-                raise ValueError("model.feature_vector_size must be 0 with the displacement_map parameterisation "
-                                 "(the map has no feature vector)")
-            mc = conf.get_config("displacement_map")
-            if mc.get_int("finest_level") > mc.get_int("coarsest_level"):
-                raise ValueError("model.displacement_map.finest_level must be <= coarsest_level")
-            # resolution 0 (the texture's size) is resolved by the trainer before it builds the model
-            # and saved in the run's conf; 8 only stands in when a conf is merely checked.
-            res = mc.get_int("resolution") or 8
-            self.sdf_network = MapSDF(size=(res, res),
-                                      levels=list(range(mc.get_int("coarsest_level"), mc.get_int("finest_level") - 1, -1)),
-                                      max_displacement=mc.get_float("max_displacement"))
-        elif self.parameterisation == "coarse_residual":
-            self.sdf_network = ResidualSDF(
-                feature_dim=feature_dim, dims=sc.get_list("dims"), skip_in=sc.get_list("skip_in"),
-                multires=sc.get_int("multires"), weight_norm=sc.get_bool("weight_norm"), beta=sc.get_float("beta"),
-                max_residual=sc.get_float("max_residual"), project=sc.get_bool("project"),
-            )
-        else:
-            self.sdf_network = SDFNetwork(
-                d_in=sc.get_int("d_in"),
-                feature_dim=feature_dim,
-                dims=sc.get_list("dims"),
-                skip_in=sc.get_list("skip_in"),
-                multires=sc.get_int("multires"),
-                geometric_init=sc.get_bool("geometric_init"),
-                bias=sc.get_float("bias"),
-                weight_norm=sc.get_bool("weight_norm"),
-                beta=sc.get_float("beta"),
-            )
+        self.sdf_network = make_sdf_field(sc, feature_dim, conf)
         dc = conf.get_config("diffuse_network")
         self.diffuse_network = DiffuseShadingNetwork(
             dims=dc.get_list("dims"), d_out=dc.get_int("d_out"),
@@ -236,17 +198,14 @@ class PBIDRModel(nn.Module):
     # ------------------------------------------------------------------ coarse mesh and schedules
     @property
     def needs_coarse_mesh(self) -> bool:
+        """The field is built on the coarse mesh (the residual and map fields), so it needs one attached."""
         return self.parameterisation in ("coarse_residual", "displacement_map")
 
     def attach_coarse_mesh(self, vertices, faces, normals=None, uv=None, face_uv=None, scale: float = 1.0) -> None:
         """The coarse mesh in the normalised frame (vertices (V, 3), faces (F, 3), optional unit vertex
-        normals): the base of the ``coarse_residual`` and ``displacement_map`` SDFs; the latter also
-        needs the UVs (uv (T, 2), face_uv (F, 3)) and ``scale`` (world units per normalised unit).
-        A no-op for the ``sphere`` parameterisation."""
-        if self.parameterisation == "displacement_map":
-            self.sdf_network.attach(CoarseDistance(vertices, faces, normals), uv, face_uv, scale)
-        elif self.needs_coarse_mesh:
-            self.sdf_network.attach_coarse(CoarseDistance(vertices, faces, normals))
+        normals, UVs (uv (T, 2), face_uv (F, 3)) and ``scale``, world units per normalised unit), handed
+        to the SDF field (``SDFField.attach_coarse_mesh``; IDR's sphere field ignores it)."""
+        self.sdf_network.attach_coarse_mesh(vertices, faces, normals, uv, face_uv, scale)
 
     def set_step(self, step: int) -> None:
         """Training-step-driven schedules: the coarse-to-fine window of the SDF's encoding."""
@@ -386,7 +345,7 @@ class PBIDRModel(nn.Module):
         drawn uniformly in the tangent disc of radius ``residual_lowpass_radius`` (projected back
         onto the mesh by the residual SDF). Penalising it keeps mm-scale drift out of the residual
         while leaving detail whose local mean is ~0 (wrinkles, bumps) free."""
-        if not (self.needs_coarse_mesh and self.lowpass_points > 0 and self.lowpass_samples > 0) or len(points) == 0:
+        if not (self.parameterisation == "coarse_residual" and self.lowpass_points > 0 and self.lowpass_samples > 0) or len(points) == 0:
             return points.new_zeros(0)
         m = min(self.lowpass_points, points.shape[0])
         pick = torch.randperm(points.shape[0], device=points.device)[:m]

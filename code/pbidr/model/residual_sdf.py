@@ -76,8 +76,14 @@ class ResidualSDF(nn.Module):
     def embed(self):
         return self.residual.embed
 
+    off_surface_tolerance = 0.5  # the coarse distance flips sign beyond an open border without a zero
+
     def attach_coarse(self, coarse: CoarseDistance) -> None:
         self.coarse = coarse
+
+    def attach_coarse_mesh(self, vertices, faces, normals=None, uv=None, face_uv=None, scale: float = 1.0) -> None:
+        """``SDFField``: the coarse mesh (normalised frame) under the residual."""
+        self.attach_coarse(CoarseDistance(vertices, faces, normals))
 
     def _require_coarse(self) -> CoarseDistance:
         if self.coarse is None:

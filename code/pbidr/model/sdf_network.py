@@ -37,6 +37,11 @@ class SDFNetwork(nn.Module):
     division keeps the activation scale of a plain layer).
     """
 
+    off_surface_tolerance = None  # a free SDF's sign changes only through zero
+
+    def attach_coarse_mesh(self, vertices, faces, normals=None, uv=None, face_uv=None, scale: float = 1.0) -> None:
+        """``SDFField``: IDR's field does not use the coarse mesh."""
+
     def __init__(
         self,
         d_in: int = 3,
