@@ -96,10 +96,11 @@ class _Evaluator:
         chunk at a time, so a dense grid never holds all its coordinates at once."""
         out = np.empty(n, dtype=np.float32)
         starts = range(0, n, self.chunk)
+        bar = None
         if self.progress and desc and len(starts) > 1:
-            from tqdm import tqdm
+            from pbidr.utils.progress import progress_bar  # plain lines when stderr is not a terminal
 
-            starts = tqdm(starts, desc=desc, unit="chunk", leave=False)
+            bar = progress_bar(len(starts), desc=desc, unit="chunk")
         for s in starts:
             e = min(s + self.chunk, n)
             pts = torch.as_tensor(points(s, e), dtype=torch.float32, device=self.device)
@@ -107,6 +108,10 @@ class _Evaluator:
             if val.numel() != len(pts):
                 raise PbidrError(f"marching cubes: sdf returned {tuple(val.shape)} for {len(pts)} points (want (N,))")
             out[s:e] = val.detach().reshape(-1).float().cpu().numpy()
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
         self.count += n
         return out
 
