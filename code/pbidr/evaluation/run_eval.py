@@ -16,7 +16,9 @@ eval leaves an earlier one intact)::
     detailed.glb                      detailed_subdivided in metres, base colour + tangent-space normal map
     detailed.ply                      detailed_subdivided with per-vertex UVs and colours (TextureFile texture.png)
     compare.png                       coarse vs detailed, clay-shaded from the frontal camera (always)
-    renders/NNN_{rgb,diffuse,specular,albedo,normal}.png   (unless --no-rendering)
+    renders/NNN_{rgb,diffuse,specular,albedo,normal}.png   (unless --no-rendering; --views: the frontal
+                                      view and the extreme yaws by default; --renderer mesh: Embree on
+                                      detailed_subdivided + the shading networks, or sdf: sphere tracing)
     contact_sheet.png                 per view: input, rgb, diffuse, specular, albedo, normal
     metrics.json                      PSNR, displacement statistics, marching-cubes stats, timings
 
@@ -697,13 +699,14 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--renderer", choices=RENDERERS, default="mesh",
                    help="decomposition renders: mesh (default) = Embree hits on detailed_subdivided shaded by the "
                         "model's networks, seconds per view; sdf = sphere-tracing the SDF per pixel, as the paper "
-                        "(~20 s per 1024^2 view on 2 CPU cores)")
+                        "(20-50 s per 1024^2 view on 2 CPU cores)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--chunk", type=positive_int, default=DEFAULT_CHUNK, metavar="N",
                    help=f"points per SDF query in marching cubes and displacement (memory knob, "
                         f"default {DEFAULT_CHUNK})")
     p.add_argument("--render-chunk", type=positive_int, default=None, metavar="N",
-                   help="rays per render chunk (default: the conf's train.render_chunk)")
+                   help="hit points per shading call (mesh renderer) or rays per chunk (sdf renderer); "
+                        "memory knob (default: the conf's train.render_chunk)")
     p.add_argument("--no-rendering", action="store_true", help="skip the network renders, contact sheet and PSNR")
     p.add_argument("--band", type=positive_float, default=None, metavar="MM",
                    help=f"marching-cubes band around the coarse mesh in world units (default: 1.25 x the largest "
