@@ -104,3 +104,52 @@ def test_a_shading_without_a_part_is_a_one_line_error():
     with pytest.raises(PbidrError, match="'albedo'") as info:
         render_mesh_view(vertices, faces, camera, no_albedo)
     assert "\n" not in str(info.value)
+
+
+class _RecordingModel:
+    """What PBIDRShading reads of a PBIDRModel, with a ``_shade`` that records its diffuse input."""
+
+    def __init__(self, diffuse_normal: str):
+        import torch
+
+        from pbidr.model.pbidr_model import _Shading
+
+        self.diffuse_normal, self.diffuse_inputs = diffuse_normal, []
+        self.conf = type("Conf", (), {"get_int": staticmethod(lambda key: 0)})()
+        self._Shading, self._torch = _Shading, torch
+
+    def _shade(self, points, features, sdf_grads, dirs, mesh_normals):
+        self.diffuse_inputs.append(mesh_normals.numpy())
+        half = self._torch.full_like(points, 0.5)
+        return self._Shading(rgb=half * 0.0, diffuse=half, specular=half * 0.0, albedo=half, normals=sdf_grads)
+
+
+def test_pbidr_shading_uses_the_trainers_coarse_normal_on_the_subdivided_mesh():
+    """On the midpoint subdivision of a coarse mesh, (face, bary) must give the coarse normal the
+    trainer sees: the coarse vertex normals interpolated over the coarse triangle the ray hits."""
+    from pbidr.datasets.scan import CoarseMesh
+    from pbidr.evaluation.displacement import subdivide_midpoint
+    from pbidr.evaluation.render_explicit import PBIDRShading, subdivided_coarse_normals
+    from pbidr.io.mesh import TexturedMesh
+
+    ico = trimesh.creation.icosphere(subdivisions=2, radius=RADIUS)  # coarse: visibly faceted
+    coarse = TexturedMesh(vertices=np.asarray(ico.vertices), faces=np.asarray(ico.faces, dtype=np.int64))
+    detailed = subdivide_midpoint(coarse)  # same surface, the detailed mesh's topology
+    camera = Rig(yaw=1, res=64).cameras()[0]
+    normals = subdivided_coarse_normals(coarse.vertex_normals(), coarse.faces, detailed.faces)
+    model = _RecordingModel("coarse")
+    view = render_mesh_view(detailed.vertices, detailed.faces, camera,
+                            PBIDRShading(model, "cpu", normals).bind(detailed.faces), chunk=300)
+    got = np.concatenate(model.diffuse_inputs)
+    origins, dirs = pixel_rays(camera)
+    hit = view.hit.reshape(-1)
+    want = CoarseMesh(coarse, np.eye(4)).correspond(origins[hit], dirs[hit])  # the trainer's correspondence
+    assert want["mesh_hit"].all() and len(got) == hit.sum()
+    assert np.abs(got - want["mesh_normals"]).max() < 1e-4
+    # A subdivided-mesh normal is not the same thing (it is what the mesh renderer's "normal" shows).
+    assert np.abs(view.normal.reshape(-1, 3)[hit] * 2 - 1 - want["mesh_normals"]).max() > 1e-2
+
+    with pytest.raises(PbidrError, match="midpoint subdivision"):
+        subdivided_coarse_normals(coarse.vertex_normals(), coarse.faces, coarse.faces)
+    with pytest.raises(PbidrError, match="coarse vertex normals"):
+        PBIDRShading(_RecordingModel("coarse"), "cpu", None)

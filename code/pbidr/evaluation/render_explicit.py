@@ -81,6 +81,26 @@ def render_mesh_view(vertices: np.ndarray, faces: np.ndarray, camera: Camera, sh
                       n_sdf_evals=n_sdf_evals)
 
 
+def subdivided_coarse_normals(coarse_normals: np.ndarray, coarse_faces: np.ndarray,
+                              detailed_faces: np.ndarray) -> np.ndarray:
+    """Per-vertex coarse normals (V + E, 3) for a mesh on the midpoint subdivision of the coarse mesh
+    (detailed_subdivided), from the coarse mesh's unit vertex normals (V, 3).
+
+    The trainer's coarse normal is the coarse vertex normals interpolated linearly over a coarse
+    triangle. The subdivision numbers the coarse vertices first, then one per edge; giving each
+    midpoint the mean of its edge's two normals makes interpolation over a sub-triangle that same
+    linear function, so (face, bary) on the detailed mesh give the trainer's coarse normal (after
+    normalising)."""
+    from pbidr.evaluation.displacement import _midpoint_split
+
+    coarse_normals = np.asarray(coarse_normals, dtype=np.float64)
+    edges, faces = _midpoint_split(coarse_faces, len(coarse_normals))
+    if not np.array_equal(faces, np.asarray(detailed_faces)):
+        raise PbidrError("--renderer mesh: the detailed mesh is not the midpoint subdivision of the coarse mesh, "
+                         "so its coarse normals are unknown")
+    return np.concatenate([coarse_normals, coarse_normals[edges].mean(axis=1)])
+
+
 class PBIDRShading:
     """The shading callable of a :class:`~pbidr.model.pbidr_model.PBIDRModel`: the model's own
     rgb = diffuse(normal) x albedo(point, feature) + specular(normal, view) at mesh hits, with the

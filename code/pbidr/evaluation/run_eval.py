@@ -614,16 +614,14 @@ def _render_views(model, data, load_idx, eval_views, train_views, device, render
     from pbidr.utils.progress import progress_bar
 
     if renderer == "mesh":
-        from pbidr.evaluation.displacement import subdivide_midpoint
-        from pbidr.evaluation.render_explicit import PBIDRShading, render_mesh_view
+        from pbidr.evaluation.render_explicit import PBIDRShading, render_mesh_view, subdivided_coarse_normals
         from pbidr.geometry.raycast import MeshRayCaster
 
         if detailed_n is None:
             raise PbidrError("--renderer mesh needs the detailed mesh (internal: detailed_n not given)")
-        # The coarse normal of a detailed_subdivided vertex is the subdivided coarse mesh's normal it
-        # was displaced along (same topology), needed only when the diffuse term shades on it.
-        coarse_normals = (subdivide_midpoint(data.mesh).vertex_normals()
-                          if model.diffuse_normal == "coarse" else None)
+        coarse_normals = None
+        if model.diffuse_normal == "coarse":  # the diffuse term shades on the coarse normal
+            coarse_normals = subdivided_coarse_normals(data.mesh.vertex_normals(), data.mesh.faces, detailed_n.faces)
         shade = PBIDRShading(model, device, coarse_normals).bind(detailed_n.faces)
         caster = MeshRayCaster(detailed_n.vertices, detailed_n.faces)  # one Embree scene for every view
         normals = detailed_n.vertex_normals()
