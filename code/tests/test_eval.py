@@ -272,3 +272,29 @@ def test_framing_camera_fills_the_panel():
     assert pix.min() >= 0 and pix[:, 0].max() <= framed.width - 1 and pix[:, 1].max() <= framed.height - 1
     # 5% padding of the extent on each side: the points span 1 / 1.1 of the panel.
     assert (pix[:, 1].max() - pix[:, 1].min()) / 300 == pytest.approx(1 / 1.1, rel=0.02)
+
+
+def test_off_surface_check_near_the_border_only_drops_the_same_faces():
+    """The sign flip of the coarse-residual SDF happens beyond the open border: checking only the vertices
+    near the border gives the mesh the check at every vertex gives, for a fraction of the SDF queries."""
+    from pbidr.evaluation.marching_cubes import border_points, extract_level_set
+    from pbidr.geometry.coarse_distance import CoarseDistance
+
+    plane = trimesh.creation.box(extents=(1.0, 1.0, 0.1))
+    top = plane.faces[plane.face_normals[:, 2] > 0.9]
+    patch = trimesh.Trimesh(plane.vertices, top, process=True).subdivide().subdivide().subdivide()
+    coarse = CoarseDistance(patch.vertices, patch.faces)
+    sdf = lambda x: coarse(x)[0] + 0.004 * torch.sin(40.0 * x[:, 0])  # noqa: E731  (a detail, not a plane)
+    common = dict(resolution=96, bounds=((-0.7, -0.7, -0.2), (0.7, 0.7, 0.3)), guide_points=np.asarray(patch.vertices),
+                  band=0.04, lipschitz=None, off_surface_tolerance=0.5)
+    everywhere = extract_level_set(sdf, **common)
+    border = border_points(patch.vertices, patch.faces, spacing=0.02)
+    assert len(border) > 0 and np.allclose(np.abs(border[:, :2]).max(axis=1), 0.5)  # on the square's rim
+    voxel = everywhere.stats["voxel_size"]
+    near = extract_level_set(sdf, off_surface_near=border, off_surface_radius=0.04 + 0.01 + 3.3 * voxel, **common)
+    assert everywhere.stats["n_faces_off_surface_dropped"] > 0
+    assert np.array_equal(near.faces, everywhere.faces) and np.array_equal(near.vertices, everywhere.vertices)
+    assert near.stats["n_vertices_off_surface_checked"] < 0.7 * everywhere.stats["n_vertices_off_surface_checked"]
+    assert near.stats["n_sdf_evals"] < everywhere.stats["n_sdf_evals"]
+    closed = trimesh.creation.icosphere(subdivisions=1)
+    assert border_points(closed.vertices, closed.faces, 0.1).shape == (0, 3)

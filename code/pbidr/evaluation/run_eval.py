@@ -143,7 +143,7 @@ def level_set_world(sdf: SdfFn, coarse: TexturedMesh, scale_mat: np.ndarray, res
     the band. ``guide_spacing``: spacing of the coarse-mesh samples the band is measured from, as a
     fraction of the band. Returns the level set in the world frame; ``stats`` gains world-unit entries
     and the process's peak memory (ru_maxrss) before and after."""
-    from pbidr.evaluation.marching_cubes import LevelSet, extract_level_set, guide_points_from_mesh
+    from pbidr.evaluation.marching_cubes import LevelSet, border_points, extract_level_set, guide_points_from_mesh
     from pbidr.geometry.cameras import to_normalised, to_world
 
     s = _uniform_scale(scale_mat)
@@ -157,10 +157,22 @@ def level_set_world(sdf: SdfFn, coarse: TexturedMesh, scale_mat: np.ndarray, res
     spacing = band_n * guide_spacing
     guide = guide_points_from_mesh(verts_n, coarse.faces, spacing=spacing)
     lo, hi = verts_n.min(axis=0) - band_n, verts_n.max(axis=0) + band_n
+    near = radius = None
+    if off_surface_tolerance is not None:
+        # The sign flip without a zero happens where the closest coarse point is on the open border. A
+        # marching-cubes vertex lies on a cell edge with a node in the band handed on below (plus a cell
+        # diagonal), so such a vertex is that close to the border, plus a cell for the edge and half a
+        # cell for the border samples' spacing: only those vertices need the check's SDF query.
+        from pbidr.evaluation.marching_cubes import make_grid
+
+        voxel = make_grid(resolution, (lo, hi)).voxel
+        near = border_points(verts_n, coarse.faces, spacing=voxel)
+        radius = band_n + spacing / 2.0 + (math.sqrt(3.0) + 1.5) * voxel + 1e-9
     rss_before = peak_rss_mb()
     ls = extract_level_set(sdf, resolution=resolution, bounds=(lo, hi), guide_points=guide,
                            band=band_n + spacing / 2.0, chunk=chunk, device=device, lipschitz=lipschitz,
-                           progress=progress, off_surface_tolerance=off_surface_tolerance)
+                           progress=progress, off_surface_tolerance=off_surface_tolerance,
+                           off_surface_near=near, off_surface_radius=radius)
     stats = dict(ls.stats)
     stats.update({
         "resolution": int(resolution), "band": float(band), "band_normalised": band_n,
