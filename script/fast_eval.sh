@@ -8,7 +8,7 @@
 #   --mc-resolution N   marching-cubes resolution (alias --resolution) (env MC_RESOLUTION, default 512)
 #   --eval_rendering    render the views (the default; --no-rendering skips them)
 #   --gpu N             CUDA device N (the original's flag); --device auto|cpu|cuda[:N] (env DEVICE, default auto)
-#   other flags go to `pbidr eval` (e.g. --views 1,9,17 --band 3 --chunk 65536 --quiet)
+#   other flags go to `pbidr eval` (e.g. --views all|1,9,17 --renderer mesh|sdf --band 3 --quiet)
 # Writes DIR/eval/ (open DIR/eval/compare.png first).
 # --help before _env.sh: printing help must not create or install the venv
 for a in "$@"; do case "$a" in -h|--help) sed -n '2,12p' "$0"; exit 0 ;; esac; done

@@ -53,7 +53,8 @@ def tiny_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("evalrun")
     make_sample(root / "raw", grid=(60, 80), texture_size=128)
-    preprocess(root / "raw", root / "scan", Rig(yaw=3, yaw_angle=30, res=64), progress=False)
+    # Five views, so the default (frontal + the two extreme yaws) differs from --views all.
+    preprocess(root / "raw", root / "scan", Rig(yaw=5, yaw_angle=30, res=64), progress=False)
     (root / "tiny.conf").write_text(TINY)
     assert main(["train", "--data", str(root / "scan"), "--exp-dir", str(root / "run"), "--conf",
                  str(root / "tiny.conf"), "--device", "cpu", "--quiet"]) == 0
@@ -120,6 +121,41 @@ def test_eval_writes_every_output(tiny_run, run_copy, capsys):
         assert m["timings"][part] >= 0
 
 
+def _rendered(out) -> list[str]:
+    return sorted(p.name.split("_")[0] for p in (out / "renders").glob("*_rgb.png"))
+
+
+def test_default_views_are_front_and_extreme_yaws_and_all_is_all(run_copy, capsys):
+    assert run_cli("--exp-dir", str(run_copy), *FAST) == 0
+    out = run_copy / "eval"
+    assert _rendered(out) == ["001", "003", "005"]  # yaw -30, 0, +30 of the 5-view rig
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["rendering"]["renderer"] == "mesh" and [v["view"] for v in m["rendering"]["views"]] == [1, 3, 5]
+    # The mesh renderer's silhouette is the detailed mesh's: the coarse mesh's, moved by a 20-step SDF's
+    # displacement (up to tens of mm here), so it overlaps the scan's mask but only roughly.
+    assert all(0.5 < v["silhouette_iou"] <= 1.0 for v in m["rendering"]["views"])
+    assert run_cli("--exp-dir", str(run_copy), "--views", "all", "--overwrite", *FAST) == 0
+    assert _rendered(out) == ["001", "002", "003", "004", "005"]
+
+
+def test_sdf_renderer_stays_available(run_copy):
+    assert run_cli("--exp-dir", str(run_copy), "--views", "2", "--renderer", "sdf", *FAST) == 0
+    m = json.loads((run_copy / "eval" / "metrics.json").read_text())
+    r = m["rendering"]
+    assert r["renderer"] == "sdf" and [v["view"] for v in r["views"]] == [2] and r["views"][0]["n_sdf_evals"] > 0
+    assert _rendered(run_copy / "eval") == ["002"]
+
+
+def test_non_terminal_progress_is_plain_lines(run_copy, capsys):
+    fast = [a for a in FAST if a != "--quiet"]
+    assert run_cli("--exp-dir", str(run_copy), "--views", "1,3", *fast) == 0
+    err = capsys.readouterr().err  # captured: not a terminal
+    assert "\r" not in err
+    for stage in ("load", "displaced meshes", "marching cubes", "UV maps and exports", "compare.png", "renders"):
+        assert f"eval: {stage} done in" in err, stage
+    assert "eval: render (mesh): 2/2 view" in err
+
+
 def test_failed_eval_keeps_the_earlier_one(run_copy):
     assert run_cli("--exp-dir", str(run_copy), "--no-rendering", *FAST) == 0
     before = (run_copy / "eval" / "metrics.json").read_text()
@@ -172,8 +208,13 @@ def test_bad_inputs(run_copy, tmp_path, capsys):
     assert "no checkpoint" in _error(run_copy)
 
 
-def test_parse_views():
+def test_parse_views(tmp_path):
     assert parse_views("all", 5) == [0, 1, 2, 3, 4]
+    assert parse_views("default", 5) == parse_views(None, 5) == [0, 2, 4]  # no scan: first, middle, last
+    # With a rig in meta.json: the frontal view and the extreme yaws, wherever they are in the order.
+    angles = [[0.0, 0.0], [-20.0, 0.0], [20.0, 0.0], [-40.0, 0.0], [40.0, 0.0], [0.0, 30.0]]
+    (tmp_path / "meta.json").write_text(json.dumps({"rig": {"angles_yaw_pitch_deg": angles}}))
+    assert parse_views("default", 6, tmp_path) == [0, 3, 4]
     assert parse_views("3, 1,3", 5) == [0, 2]
     for bad in ("0", "6", "a,b", ","):
         with pytest.raises(PbidrError):
@@ -231,3 +272,29 @@ def test_framing_camera_fills_the_panel():
     assert pix.min() >= 0 and pix[:, 0].max() <= framed.width - 1 and pix[:, 1].max() <= framed.height - 1
     # 5% padding of the extent on each side: the points span 1 / 1.1 of the panel.
     assert (pix[:, 1].max() - pix[:, 1].min()) / 300 == pytest.approx(1 / 1.1, rel=0.02)
+
+
+def test_off_surface_check_near_the_border_only_drops_the_same_faces():
+    """The sign flip of the coarse-residual SDF happens beyond the open border: checking only the vertices
+    near the border gives the mesh the check at every vertex gives, for a fraction of the SDF queries."""
+    from pbidr.evaluation.marching_cubes import border_points, extract_level_set
+    from pbidr.geometry.coarse_distance import CoarseDistance
+
+    plane = trimesh.creation.box(extents=(1.0, 1.0, 0.1))
+    top = plane.faces[plane.face_normals[:, 2] > 0.9]
+    patch = trimesh.Trimesh(plane.vertices, top, process=True).subdivide().subdivide().subdivide()
+    coarse = CoarseDistance(patch.vertices, patch.faces)
+    sdf = lambda x: coarse(x)[0] + 0.004 * torch.sin(40.0 * x[:, 0])  # noqa: E731  (a detail, not a plane)
+    common = dict(resolution=96, bounds=((-0.7, -0.7, -0.2), (0.7, 0.7, 0.3)), guide_points=np.asarray(patch.vertices),
+                  band=0.04, lipschitz=None, off_surface_tolerance=0.5)
+    everywhere = extract_level_set(sdf, **common)
+    border = border_points(patch.vertices, patch.faces, spacing=0.02)
+    assert len(border) > 0 and np.allclose(np.abs(border[:, :2]).max(axis=1), 0.5)  # on the square's rim
+    voxel = everywhere.stats["voxel_size"]
+    near = extract_level_set(sdf, off_surface_near=border, off_surface_radius=0.04 + 0.01 + 3.3 * voxel, **common)
+    assert everywhere.stats["n_faces_off_surface_dropped"] > 0
+    assert np.array_equal(near.faces, everywhere.faces) and np.array_equal(near.vertices, everywhere.vertices)
+    assert near.stats["n_vertices_off_surface_checked"] < 0.7 * everywhere.stats["n_vertices_off_surface_checked"]
+    assert near.stats["n_sdf_evals"] < everywhere.stats["n_sdf_evals"]
+    closed = trimesh.creation.icosphere(subdivisions=1)
+    assert border_points(closed.vertices, closed.faces, 0.1).shape == (0, 3)

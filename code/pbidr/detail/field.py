@@ -49,6 +49,7 @@ class MapSDF(nn.Module):
         # light, [ambient, diffuse * direction] of a Lambert light (zeros before the first fit).
         self.register_buffer("albedo", torch.zeros(size[0], size[1], 3))
         self.register_buffer("light_coeffs", torch.zeros(4))
+        self.register_buffer("light_kind", torch.tensor(-1))  # -1: lambert; k >= 0: poly of order k
         self.coarse: Optional[CoarseDistance] = None
         self._uv = None
         self._face_uv = None
@@ -83,6 +84,7 @@ class MapSDF(nn.Module):
 
     def set_light(self, light) -> None:
         """Keep the fit's light (``pbidr.detail.fit.Light``); a poly light's coefficients resize the buffer."""
+        self.light_kind.fill_(-1 if light.model == "lambert" else int(light.order))
         coeffs = torch.as_tensor(np.asarray(light.coeffs, dtype=np.float32), device=self.light_coeffs.device)
         if coeffs.shape != self.light_coeffs.shape:
             self.light_coeffs = coeffs.clone()
@@ -93,6 +95,14 @@ class MapSDF(nn.Module):
         if self.coarse is None:
             raise PbidrError("the displacement-map SDF has no coarse mesh attached (PBIDRModel.attach_coarse_mesh)")
         return self.coarse
+
+    def light(self):
+        """The fit's light (``pbidr.detail.fit.Light``) as stored in the checkpoint."""
+        from pbidr.detail.fit import Light
+
+        kind = int(self.light_kind)
+        return Light(model="lambert" if kind < 0 else "poly", order=max(kind, 1),
+                     coeffs=self.light_coeffs.detach().cpu().numpy().astype(np.float64))
 
     def displacement(self) -> torch.Tensor:
         """D (H, W) in world units."""

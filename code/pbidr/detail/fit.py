@@ -286,6 +286,12 @@ class TexelObjective:
         self.wmap = wmap
         self.light = fit_light(self.ct["normals"][valid], self.colours.mean(-1)[valid], cfg.light_model,
                                cfg.light_order, cfg.light_iters)
+        # The light absorbs the albedo's overall scale (the fit is blind to it); choose it so that the
+        # albedo T / s fills [0, 1] (its 99.5th percentile channel is 1), as a texture's would.
+        with torch.no_grad():
+            s0 = self.light.shading(self.ct["normals"][valid]).clamp_min(1e-3)
+            top = torch.quantile((self.colours[valid] / s0[:, None]).amax(-1)[:200_000], 0.995)
+        self.light = Light(self.light.model, self.light.order, self.light.coeffs * float(top))
         self.gf = GuidedFilter(guide, wmap, max(1, int(round(cfg.albedo_radius_mm / texel))), cfg.albedo_eps)
         self.gauss = gaussian_kernel(cfg.lowpass_sigma_mm / texel)
         self.chart_w = torch.as_tensor(chart.mask, dtype=dt, device=device)

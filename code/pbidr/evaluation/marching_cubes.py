@@ -96,10 +96,11 @@ class _Evaluator:
         chunk at a time, so a dense grid never holds all its coordinates at once."""
         out = np.empty(n, dtype=np.float32)
         starts = range(0, n, self.chunk)
+        bar = None
         if self.progress and desc and len(starts) > 1:
-            from tqdm import tqdm
+            from pbidr.utils.progress import progress_bar  # plain lines when stderr is not a terminal
 
-            starts = tqdm(starts, desc=desc, unit="chunk", leave=False)
+            bar = progress_bar(len(starts), desc=desc, unit="chunk")
         for s in starts:
             e = min(s + self.chunk, n)
             pts = torch.as_tensor(points(s, e), dtype=torch.float32, device=self.device)
@@ -107,6 +108,10 @@ class _Evaluator:
             if val.numel() != len(pts):
                 raise PbidrError(f"marching cubes: sdf returned {tuple(val.shape)} for {len(pts)} points (want (N,))")
             out[s:e] = val.detach().reshape(-1).float().cpu().numpy()
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
         self.count += n
         return out
 
@@ -139,6 +144,8 @@ def extract_level_set(
     lipschitz: float | None = 1.5,
     progress: bool = False,
     off_surface_tolerance: float | None = None,
+    off_surface_near: np.ndarray | None = None,
+    off_surface_radius: float | None = None,
 ) -> LevelSet:
     """Zero level set of ``sdf`` ((N, 3) tensor -> (N,) tensor, normalised frame) on a grid of
     ``resolution`` cells along the longest axis of ``bounds`` (any integer >= 8).
@@ -154,7 +161,9 @@ def extract_level_set(
     the SDF module's parameters, else CPU). ``off_surface_tolerance`` (in cells): drop triangles
     with a vertex where ``|sdf| >`` that many cells: a sign change without a zero crossing (the
     coarse-residual SDF flips sign beyond an open mesh border) makes such triangles, a true crossing
-    does not. Raises PbidrError when no surface is found.
+    does not. ``off_surface_near`` (B, 3) and ``off_surface_radius``: check only the vertices within
+    the radius of these points (the open border, where the flip can happen), so the check costs SDF
+    queries near the border instead of at every vertex. Raises PbidrError when no surface is found.
     """
     t0 = time.perf_counter()
     grid = make_grid(resolution, bounds)
@@ -192,10 +201,20 @@ def extract_level_set(
 
     coarse = np.unique(corners // block, axis=0) if len(corners) else np.zeros((0, 3), np.int64)
     vertices, faces = _mesh_blocks(grid, nodes, values, coarse, block)
-    n_off_surface = 0
+    n_off_surface = n_checked = 0
     if off_surface_tolerance is not None and len(faces):
-        at_vertices = evaluate.points(grid.position(vertices))
+        positions = grid.position(vertices)
+        checked = np.ones(len(vertices), dtype=bool)
+        if off_surface_near is not None:
+            near = np.asarray(off_surface_near, dtype=np.float64).reshape(-1, 3)
+            if not (off_surface_radius is not None and off_surface_radius > 0):
+                raise PbidrError("marching cubes: off_surface_near needs a positive off_surface_radius")
+            checked = (cKDTree(near).query(positions, distance_upper_bound=off_surface_radius, workers=-1)[0]
+                       <= off_surface_radius) if len(near) else np.zeros(len(vertices), dtype=bool)
+        at_vertices = np.zeros(len(vertices), dtype=np.float32)
+        at_vertices[checked] = evaluate.points(positions[checked]) if checked.any() else 0.0
         bad = np.abs(at_vertices) > off_surface_tolerance * grid.voxel
+        n_checked = int(checked.sum())
         drop = bad[faces].any(axis=1)
         n_off_surface = int(drop.sum())
         vertices, faces = _compact(vertices, faces[~drop])
@@ -219,6 +238,7 @@ def extract_level_set(
         "n_blocks": int(len(coarse)),
         "n_nodes": int(len(nodes)),
         "n_faces_off_surface_dropped": n_off_surface,
+        "n_vertices_off_surface_checked": n_checked,
     }
     return LevelSet(vertices=grid.position(vertices), faces=faces, stats=stats)
 
@@ -359,6 +379,30 @@ def _edge_keys(grid: _Grid, v_local: np.ndarray, c0: np.ndarray, offset: int) ->
     interior = n_frac > 1
     keys[interior] = -(offset + np.nonzero(interior)[0] + 1)
     return keys
+
+
+def border_points(vertices: np.ndarray, faces: np.ndarray, spacing: float) -> np.ndarray:
+    """Points (N, 3) along the open border of a triangle mesh (edges of one face only), no farther
+    than ``spacing`` apart; (0, 3) for a closed mesh."""
+    vertices = np.asarray(vertices, dtype=np.float64)
+    faces = np.asarray(faces, dtype=np.int64)
+    if not spacing > 0:
+        raise PbidrError(f"border points: spacing {spacing} must be positive")
+    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    unique, count = np.unique(edges, axis=0, return_counts=True)
+    border = unique[count == 1]
+    if len(border) == 0:
+        return np.zeros((0, 3))
+    a, b = vertices[border[:, 0]], vertices[border[:, 1]]
+    steps = np.maximum(1, np.ceil(np.linalg.norm(b - a, axis=1) / spacing)).astype(np.int64)
+    out = [a]
+    for k in np.unique(steps):
+        if k == 1:
+            continue
+        t = (np.arange(1, k) / k)[None, :, None]
+        sel = steps == k
+        out.append((a[sel][:, None] + t * (b[sel] - a[sel])[:, None]).reshape(-1, 3))
+    return np.concatenate(out)
 
 
 def guide_points_from_mesh(vertices: np.ndarray, faces: np.ndarray, spacing: float) -> np.ndarray:

@@ -16,7 +16,9 @@ eval leaves an earlier one intact)::
     detailed.glb                      detailed_subdivided in metres, base colour + tangent-space normal map
     detailed.ply                      detailed_subdivided with per-vertex UVs and colours (TextureFile texture.png)
     compare.png                       coarse vs detailed, clay-shaded from the frontal camera (always)
-    renders/NNN_{rgb,diffuse,specular,albedo,normal}.png   (unless --no-rendering)
+    renders/NNN_{rgb,diffuse,specular,albedo,normal}.png   (unless --no-rendering; --views: the frontal
+                                      view and the extreme yaws by default; --renderer mesh: Embree on
+                                      detailed_subdivided + the shading networks, or sdf: sphere tracing)
     contact_sheet.png                 per view: input, rgb, diffuse, specular, albedo, normal
     metrics.json                      PSNR, displacement statistics, marching-cubes stats, timings
 
@@ -58,6 +60,7 @@ EVAL_DIR = "eval"
 TEXTURE_NAME = "texture.png"
 DEFAULT_BAND = 3.0  # world units (mm for faces): how far the detailed surface may be from the coarse mesh
 DEFAULT_CHUNK = 1 << 16
+RENDERERS = ("mesh", "sdf")  # decomposition renders: Embree on the detailed mesh, or sphere-traced SDF
 COMPARE_PANEL = 768  # pixels: compare.png panel height
 SHEET_CELL = 384  # pixels: largest contact-sheet cell
 SHEET_MIN_CELL = 256  # pixels: smallest contact-sheet cell
@@ -125,10 +128,16 @@ def detail_meshes(coarse: TexturedMesh, sdf_world: Callable[[np.ndarray], np.nda
     None); its normals are the coarse mesh's smooth normals carried through the subdivision."""
     from pbidr.evaluation.displacement import displace_along_normals, subdivide_to_spacing
 
-    detailed, disp = displace_along_normals(coarse, sdf_world)
     dense, normals, levels = subdivide_to_spacing(coarse, spacing if spacing is not None else math.inf,
                                                   max_levels=max_levels if spacing is not None else 1)
-    detailed_sub, disp_sub = displace_along_normals(dense, sdf_world, normals)
+    # The subdivision keeps the coarse vertices first and unmoved: one SDF query over its vertices
+    # serves both meshes.
+    sdf_dense = np.asarray(sdf_world(dense.vertices), dtype=np.float64).reshape(-1)
+    n = len(coarse.vertices)
+    if len(sdf_dense) != len(dense.vertices):
+        raise PbidrError(f"displacement: sdf returned {len(sdf_dense)} values for {len(dense.vertices)} vertices")
+    detailed, disp = displace_along_normals(coarse, lambda _: sdf_dense[:n])
+    detailed_sub, disp_sub = displace_along_normals(dense, lambda _: sdf_dense, normals)
     return DetailMeshes(detailed, disp, detailed_sub, disp_sub, levels)
 
 
@@ -152,7 +161,7 @@ def level_set_world(sdf: SdfFn, coarse: TexturedMesh, scale_mat: np.ndarray, res
     the band. ``guide_spacing``: spacing of the coarse-mesh samples the band is measured from, as a
     fraction of the band. Returns the level set in the world frame; ``stats`` gains world-unit entries
     and the process's peak memory (ru_maxrss) before and after."""
-    from pbidr.evaluation.marching_cubes import LevelSet, extract_level_set, guide_points_from_mesh
+    from pbidr.evaluation.marching_cubes import LevelSet, border_points, extract_level_set, guide_points_from_mesh
     from pbidr.geometry.cameras import to_normalised, to_world
 
     s = _uniform_scale(scale_mat)
@@ -166,10 +175,22 @@ def level_set_world(sdf: SdfFn, coarse: TexturedMesh, scale_mat: np.ndarray, res
     spacing = band_n * guide_spacing
     guide = guide_points_from_mesh(verts_n, coarse.faces, spacing=spacing)
     lo, hi = verts_n.min(axis=0) - band_n, verts_n.max(axis=0) + band_n
+    near = radius = None
+    if off_surface_tolerance is not None:
+        # The sign flip without a zero happens where the closest coarse point is on the open border. A
+        # marching-cubes vertex lies on a cell edge with a node in the band handed on below (plus a cell
+        # diagonal), so such a vertex is that close to the border, plus a cell for the edge and half a
+        # cell for the border samples' spacing: only those vertices need the check's SDF query.
+        from pbidr.evaluation.marching_cubes import make_grid
+
+        voxel = make_grid(resolution, (lo, hi)).voxel
+        near = border_points(verts_n, coarse.faces, spacing=voxel)
+        radius = band_n + spacing / 2.0 + (math.sqrt(3.0) + 1.5) * voxel + 1e-9
     rss_before = peak_rss_mb()
     ls = extract_level_set(sdf, resolution=resolution, bounds=(lo, hi), guide_points=guide,
                            band=band_n + spacing / 2.0, chunk=chunk, device=device, lipschitz=lipschitz,
-                           progress=progress, off_surface_tolerance=off_surface_tolerance)
+                           progress=progress, off_surface_tolerance=off_surface_tolerance,
+                           off_surface_near=near, off_surface_radius=radius)
     stats = dict(ls.stats)
     stats.update({
         "resolution": int(resolution), "band": float(band), "band_normalised": band_n,
@@ -381,15 +402,36 @@ def load_run(exp_dir: str | Path, checkpoint: str | int = "latest", scan_dir: st
                      scan_dir=scan_dir)
 
 
-def parse_views(views: str | list[int] | None, n_views: int) -> list[int]:
-    """``all`` or ``"1,3,5"`` (1-based, as the image names) -> sorted 0-based indices."""
-    if views is None or (isinstance(views, str) and views.strip().lower() in ("", "all")):
+def default_views(scan_dir: Path, n_views: int) -> list[int]:
+    """0-based views a user looks at: the frontal view and the two extreme yaws of meta.json's rig (the
+    sweep's ends, where the detail is seen at grazing angles); without a rig, the first, middle and
+    last view. Three 1024^2 renders say what seventeen do, at a sixth of the time."""
+    front = frontal_view(scan_dir, n_views)
+    picked = {front, 0, n_views - 1}
+    try:
+        angles = json.loads((scan_dir / "meta.json").read_text())["rig"]["angles_yaw_pitch_deg"]
+        if len(angles) == n_views:
+            yaws = [float(a[0]) for a in angles]
+            picked = {front, int(np.argmin(yaws)), int(np.argmax(yaws))}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        pass  # no rig description (real captures): the first, middle and last views above
+    return sorted(picked)
+
+
+def parse_views(views: str | list[int] | None, n_views: int, scan_dir: Path | None = None) -> list[int]:
+    """``default`` (or None), ``all`` or ``"1,3,5"`` (1-based, as the image names) -> sorted 0-based
+    indices. ``default`` is :func:`default_views` of ``scan_dir``."""
+    if views is None or (isinstance(views, str) and views.strip().lower() in ("", "default")):
+        if scan_dir is None:
+            return sorted({0, n_views // 2, n_views - 1})
+        return default_views(Path(scan_dir), n_views)
+    if isinstance(views, str) and views.strip().lower() == "all":
         return list(range(n_views))
     if isinstance(views, str):
         try:
             picked = [int(v) for v in views.replace(" ", "").split(",") if v]
         except ValueError:
-            raise PbidrError(f"--views {views}: expected 'all' or 1-based numbers like 1,3,5") from None
+            raise PbidrError(f"--views {views}: expected 'default', 'all' or 1-based numbers like 1,3,5") from None
     else:
         picked = [int(v) for v in views]
     bad = [v for v in picked if not 1 <= v <= n_views]
@@ -406,7 +448,7 @@ def evaluate(
     exp_dir: str | Path,
     checkpoint: str | int = "latest",
     mc_resolution: int = 512,
-    views: str | list[int] | None = "all",
+    views: str | list[int] | None = "default",
     device: torch.device | str = "auto",
     chunk: int = DEFAULT_CHUNK,
     eval_rendering: bool = True,
@@ -416,13 +458,16 @@ def evaluate(
     scan_dir: str | Path | None = None,
     lipschitz: float | None = 1.5,
     overwrite: bool = False,
+    renderer: str = "mesh",
 ) -> dict:
     """Evaluate one checkpoint of the run in ``exp_dir`` into ``exp_dir/eval`` (replaced as a whole).
 
     ``chunk``: points per SDF query (displacement, marching cubes); ``render_chunk``: rays per render
     chunk (default the conf's train.render_chunk). ``band``: marching-cubes band around the coarse
-    mesh in world units (default 3, at most 2.5% of the normalising radius). ``views``: ``all`` or
-    1-based view numbers. ``scan_dir`` overrides the run's. An earlier ``eval/`` is replaced only with
+    mesh in world units (default 3, at most 2.5% of the normalising radius). ``views``: ``default``
+    (the frontal view and the two extreme yaws, :func:`default_views`), ``all`` or 1-based view numbers.
+    ``renderer``: ``mesh`` (Embree hits on detailed_subdivided + the model's shading,
+    pbidr.evaluation.render_explicit) or ``sdf`` (sphere tracing the SDF per pixel, the paper's). ``scan_dir`` overrides the run's. An earlier ``eval/`` is replaced only with
     ``overwrite`` (``pbidr.utils.outputs``). Returns the metrics written to metrics.json.
     """
     import torch
@@ -445,6 +490,8 @@ def evaluate(
         raise PbidrError(f"--mc-resolution {mc_resolution}: must be an integer of at least 8")
     if chunk < 1:
         raise PbidrError(f"--chunk {chunk}: must be positive")
+    if renderer not in RENDERERS:
+        raise PbidrError(f"--renderer {renderer}: expected one of {', '.join(RENDERERS)}")
 
     t0 = time.perf_counter()
     check_output(Path(exp_dir) / EVAL_DIR, "eval", overwrite, flag="--exp-dir")
@@ -456,7 +503,7 @@ def evaluate(
     n_images = len(list((run.scan_dir / "image").glob("*.png")))
     if n_images == 0:
         raise PbidrError(f"{run.scan_dir / 'image'}: no images (*.png)")
-    eval_views = parse_views(views, n_images) if eval_rendering else []
+    eval_views = parse_views(views, n_images, run.scan_dir) if eval_rendering else []
     front = frontal_view(run.scan_dir, n_images)
     load_idx = sorted(set(eval_views) | {front})
     data = load_scan(run.scan_dir, tuple(img_res) if img_res else None, load_idx)
@@ -469,6 +516,7 @@ def evaluate(
         band = min(DEFAULT_BAND, 0.025 * s)
     train_views = conf.get_list("dataset.views") or list(range(n_images))
     timings["load_s"] = time.perf_counter() - t0
+    _stage_done("load", timings["load_s"], progress)
 
     sdf = model.sdf_network.sdf
     metrics: dict[str, Any] = {
@@ -506,6 +554,7 @@ def evaluate(
             notes.append(f"{outside:.1%} of the coarse vertices are farther than the band ({band:g}) from the "
                          "SDF surface: sdf_mc.ply has holes there (raise --band, or train longer)")
         timings["displacement_s"] = time.perf_counter() - t0
+        _stage_done("displaced meshes", timings["displacement_s"], progress)
 
         # 2. Marching cubes in the band.
         t0 = time.perf_counter()
@@ -520,6 +569,7 @@ def evaluate(
             metrics["marching_cubes"] = {"error": str(err), "resolution": int(mc_resolution), "band": band}
             notes.append(f"sdf_mc.ply not written: {err}")
         timings["marching_cubes_s"] = time.perf_counter() - t0
+        _stage_done("marching cubes", timings["marching_cubes_s"], progress)
 
         # 3. UV maps and artists' outputs in the coarse layout (pbidr.evaluation.export): GLB with a
         #    tangent-space normal map, displacement in mm (EXR, fixed mid-level 16-bit PNG), textured PLY.
@@ -537,6 +587,7 @@ def evaluate(
             metrics["uv_maps"] = {"skipped": "the coarse mesh has no texture coordinates"}
             notes.append("detailed.glb, displacement maps and normal maps skipped: the coarse mesh has no UVs")
         timings["uv_maps_s"] = time.perf_counter() - t0
+        _stage_done("UV maps and exports", timings["uv_maps_s"], progress)
 
         # 4. Coarse vs detailed, frontal camera (no network: always written).
         t0 = time.perf_counter()
@@ -553,21 +604,27 @@ def evaluate(
         write_png(out / "compare.png", compare_image(coarse_n, detailed_n, cam_of[front], truth_n=truth_n))
         metrics["compare"] = {"view": front + 1, "panel_height": COMPARE_PANEL,
                               "ground_truth_panel": sample is not None}
+        timings["compare_s"] = time.perf_counter() - t0
+        _stage_done("compare.png", timings["compare_s"], progress)
         if sample is not None:  # the built-in sample knows its true detail: score against it
             from pbidr.evaluation.score import score_mesh
 
+            t0 = time.perf_counter()
             metrics["score"] = score_mesh(out / "detailed.obj", sample)
             metrics["score"]["mesh"] = "detailed.obj"
             metrics["score_dense"] = score_mesh(out / "detailed_subdivided.obj", sample)
             metrics["score_dense"]["mesh"] = "detailed_subdivided.obj"
-        timings["compare_s"] = time.perf_counter() - t0
+            timings["score_s"] = time.perf_counter() - t0
+            _stage_done("score", timings["score_s"], progress)
 
         # 5. Renders, decomposition and PSNR.
         if eval_rendering:
             t0 = time.perf_counter()
             metrics["rendering"] = _render_views(model, data, load_idx, eval_views, train_views, device,
-                                                 render_chunk or conf.get_int("train.render_chunk"), out, progress)
+                                                 render_chunk or conf.get_int("train.render_chunk"), out, progress,
+                                                 renderer=renderer, detailed_n=detailed_n)
             timings["rendering_s"] = time.perf_counter() - t0
+            _stage_done("renders", timings["rendering_s"], progress)
         else:
             metrics["rendering"] = {"skipped": "--no-rendering"}
 
@@ -580,20 +637,60 @@ def evaluate(
     return metrics
 
 
-def _render_views(model, data, load_idx, eval_views, train_views, device, render_chunk, out, progress) -> dict:
-    from tqdm import tqdm
+def _stage_done(stage: str, seconds: float, progress: bool) -> None:
+    """One plain stderr line per finished stage (terminal or not), so a log shows where the time goes."""
+    if progress:
+        print(f"eval: {stage} done in {seconds:.1f} s", file=sys.stderr, flush=True)
 
-    from pbidr.datasets.scan import CoarseMesh
+
+def _render_views(model, data, load_idx, eval_views, train_views, device, render_chunk, out, progress,
+                  renderer: str = "mesh", detailed_n: TexturedMesh | None = None) -> dict:
+    """Renders, contact sheet and PSNR of ``eval_views``. ``renderer`` ``mesh``: Embree hits on
+    ``detailed_n`` (detailed_subdivided in the normalised frame) shaded by the model; ``sdf``: the
+    model's sphere tracer per pixel (render_camera)."""
     from pbidr.evaluation.metrics import masked_psnr
-    from pbidr.evaluation.render import render_camera
     from pbidr.utils.images import contact_sheet, write_png
+    from pbidr.utils.progress import progress_bar
 
-    coarse = CoarseMesh(data.mesh, data.scale_mat)
+    if renderer == "mesh":
+        from pbidr.evaluation.render_explicit import PBIDRShading, render_mesh_view, subdivided_coarse_normals
+        from pbidr.geometry.raycast import MeshRayCaster
+
+        if detailed_n is None:
+            raise PbidrError("--renderer mesh needs the detailed mesh (internal: detailed_n not given)")
+        if model.parameterisation == "displacement_map":  # the texel fit's own image model
+            from pbidr.detail.shading import MapShading
+
+            shade = MapShading(model.sdf_network, detailed_n.uv, detailed_n.face_uv)
+        else:
+            coarse_normals = None
+            if model.diffuse_normal == "coarse":  # the diffuse term shades on the coarse normal
+                coarse_normals = subdivided_coarse_normals(data.mesh.vertex_normals(), data.mesh.faces,
+                                                           detailed_n.faces)
+            shade = PBIDRShading(model, device, coarse_normals).bind(detailed_n.faces)
+        caster = MeshRayCaster(detailed_n.vertices, detailed_n.faces)  # one Embree scene for every view
+        normals = detailed_n.vertex_normals()
+
+        def render(camera):
+            return render_mesh_view(detailed_n.vertices, detailed_n.faces, camera, shade, render_chunk,
+                                    caster=caster, vertex_normals=normals)
+    else:
+        from pbidr.datasets.scan import CoarseMesh
+        from pbidr.evaluation.render import render_camera
+
+        coarse = CoarseMesh(data.mesh, data.scale_mat)
+
+        def render(camera):
+            return render_camera(model, coarse, camera, device, render_chunk)
+
     rows, labels, per_view = [], [], []
-    bar = tqdm(eval_views, desc="eval: render", unit="view", disable=not progress, dynamic_ncols=True)
-    for v in bar:
+    # Plain lines when stderr is not a terminal (pbidr.utils.progress); one line per view: a view takes
+    # seconds, and a log should show each one's PSNR.
+    bar = progress_bar(len(eval_views), desc=f"eval: render ({renderer})", unit="view", disable=not progress,
+                       every_steps=1)
+    for v in eval_views:
         k = load_idx.index(v)
-        view = render_camera(model, coarse, data.cameras[k], device, render_chunk)
+        view = render(data.cameras[k])
         gt, mask = data.images[k], data.masks[k]
         name = f"{v + 1:03d}"
         for part, img in view.images().items():
@@ -606,11 +703,12 @@ def _render_views(model, data, load_idx, eval_views, train_views, device, render
         bar.set_postfix_str(f"view {name} PSNR {psnr:.2f} dB")
         rows.append([gt, *view.images().values()])
         labels.append([f"{name} input", f"rgb {psnr:.2f} dB", "diffuse", "specular", "albedo", "normal"])
+        bar.update(1)
     bar.close()
     cell = int(np.clip(data.hw[0], SHEET_MIN_CELL, SHEET_CELL))  # tiny renders are enlarged so labels read
     write_png(out / "contact_sheet.png", contact_sheet(rows, labels, cell=cell))
     finite = [p["psnr"] for p in per_view if math.isfinite(p["psnr"])]
-    return {"image_size": list(data.hw), "views": per_view,
+    return {"renderer": renderer, "image_size": list(data.hw), "views": per_view,
             "psnr_mean": float(np.mean(finite)) if finite else math.nan,
             "psnr_mean_train_views": _mean([p["psnr"] for p in per_view if p["train_view"]]),
             "psnr_mean_held_out_views": _mean([p["psnr"] for p in per_view if not p["train_view"]])}
@@ -638,14 +736,20 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                    help="latest (default) or a step number")
     p.add_argument("--mc-resolution", type=positive_int, default=512, metavar="N",
                    help="marching-cubes cells along the longest side of the face's box (default 512; any integer)")
-    p.add_argument("--views", type=views_arg, default="all", metavar="all|I,J,K",
-                   help="views to render: all (default) or 1-based numbers like 1,9,17")
+    p.add_argument("--views", type=views_arg, default="default", metavar="default|all|I,J,K",
+                   help="views to render: default = the frontal view and the two extreme yaws of the scan's rig "
+                        "(3 views), all, or 1-based numbers like 1,9,17")
+    p.add_argument("--renderer", choices=RENDERERS, default="mesh",
+                   help="decomposition renders: mesh (default) = Embree hits on detailed_subdivided shaded by the "
+                        "model's networks, seconds per view; sdf = sphere-tracing the SDF per pixel, as the paper "
+                        "(20-50 s per 1024^2 view on 2 CPU cores)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--chunk", type=positive_int, default=DEFAULT_CHUNK, metavar="N",
                    help=f"points per SDF query in marching cubes and displacement (memory knob, "
                         f"default {DEFAULT_CHUNK})")
     p.add_argument("--render-chunk", type=positive_int, default=None, metavar="N",
-                   help="rays per render chunk (default: the conf's train.render_chunk)")
+                   help="hit points per shading call (mesh renderer) or rays per chunk (sdf renderer); "
+                        "memory knob (default: the conf's train.render_chunk)")
     p.add_argument("--no-rendering", action="store_true", help="skip the network renders, contact sheet and PSNR")
     p.add_argument("--band", type=positive_float, default=None, metavar="MM",
                    help=f"marching-cubes band around the coarse mesh in world units (default: 1.25 x the largest "
@@ -672,7 +776,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     m = evaluate(args.exp_dir, checkpoint=args.checkpoint, mc_resolution=args.mc_resolution, views=args.views,
                  device=args.device, chunk=args.chunk, eval_rendering=not args.no_rendering, progress=not args.quiet,
                  band=args.band, render_chunk=args.render_chunk, scan_dir=args.data,
-                 lipschitz=args.lipschitz if args.lipschitz > 0 else None, overwrite=args.overwrite)
+                 lipschitz=args.lipschitz if args.lipschitz > 0 else None, overwrite=args.overwrite,
+                 renderer=args.renderer)
     from pbidr.preprocess.units import scan_units
 
     out = Path(args.exp_dir) / EVAL_DIR

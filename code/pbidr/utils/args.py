@@ -59,12 +59,13 @@ def nonneg_float(text: str) -> float:
 
 
 def views_arg(text: str) -> str:
-    """``all`` or 1-based view numbers like ``1,9,17`` (checked against the scan later)."""
-    if text.strip().lower() == "all":
+    """``default``, ``all`` or 1-based view numbers like ``1,9,17`` (checked against the scan later)."""
+    if text.strip().lower() in ("all", "default"):
         return text
     parts = text.replace(" ", "").split(",")
     if not all(p.isdigit() and int(p) >= 1 for p in parts):
-        raise argparse.ArgumentTypeError(f"expected 'all' or 1-based view numbers like 1,9,17, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected 'default', 'all' or 1-based view numbers like 1,9,17, got {text!r}")
     return text
 
 

@@ -1,0 +1,31 @@
+"""The texel fit's image model as a shading callable for the explicit renderer
+(``pbidr.evaluation.render_explicit``): colour = albedo map (at the hit's UV) x the fitted light of
+the rendered mesh's normal; the fit has no specular term (its light is grey and diffuse)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pbidr.detail.fit import Light
+
+
+class MapShading:
+    """``shade(points, normals, view_dirs, face, bary)`` for a mesh with UVs (``uv`` (T, 2),
+    ``face_uv`` (F, 3)) shaded by a ``MapSDF``'s albedo map and light."""
+
+    def __init__(self, field, uv: np.ndarray, face_uv: np.ndarray):
+        self.field = field
+        self.uv = np.asarray(uv, dtype=np.float64)
+        self.face_uv = np.asarray(face_uv, dtype=np.int64)
+        self.light: Light = field.light()
+        self.albedo = field.albedo.detach().cpu()
+
+    def __call__(self, points, normals, view_dirs, face, bary) -> dict:
+        uv = np.einsum("nk,nkc->nc", bary, self.uv[self.face_uv[face]])
+        with torch.no_grad():
+            albedo = self.field.sample_map(self.albedo, torch.as_tensor(uv, dtype=torch.float32)).numpy()
+            shade = self.light.shading(torch.as_tensor(normals, dtype=torch.float64)).clamp_min(0.0).numpy()
+        diffuse = np.repeat(shade[:, None], 3, axis=1)
+        return {"rgb": np.clip(albedo * diffuse, 0.0, 1.0), "diffuse": np.clip(diffuse, 0.0, 1.0),
+                "specular": np.zeros_like(diffuse), "albedo": np.clip(albedo, 0.0, 1.0)}
