@@ -25,7 +25,7 @@ LEVERS = {
     "albedo affine (not quadratic) in chroma": {"albedo_guide_order": 1},
     "no mark / dark weights": {"mark_tau": 0.0, "dark_level": 0.0},
     "no low-pass prior": {"lowpass_weight": 0.0},
-    "no coarse to fine": {"level_steps": 0},
+    "coarse to fine (a level every 12 steps)": {"level_steps": 12},
     "lr not decayed": {"final_lr_fraction": 1.0},
 }
 

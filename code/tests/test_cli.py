@@ -84,7 +84,8 @@ def test_train_without_conf_runs_the_detail_mode(scan, tmp_path, capsys):
                      "--set", "train.plot_res=16", "--set", "train.batch_size=64"])
     assert code == 0, capsys.readouterr().err
     conf = load_conf(run / "run.conf")
-    assert conf.get_string("model.sdf_network.parameterisation") == "coarse_residual"
+    assert conf.get_string("model.sdf_network.parameterisation") == "displacement_map"
+    assert conf.get_string("train.solver") == "texels"
     assert conf.get_int("train.iters") == 1 and conf.get_int("train.batch_size") == 64
 
 

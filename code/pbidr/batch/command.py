@@ -60,8 +60,10 @@ def add_batch_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--units", choices=["mm", "cm", "m"], default=None,
                    help="the meshes' length unit (as pbidr preprocess --units; default: mm, checked)")
     p.add_argument("--mc-resolution", type=positive_int, default=512, help="eval marching-cubes resolution (default 512)")
-    p.add_argument("--views", "--eval-views", dest="eval_views", type=views_arg, default="all", metavar="all|I,J,K",
-                   help="eval views: all or 1-based numbers like 1,9,17 (default all)")
+    p.add_argument("--views", "--eval-views", dest="eval_views", type=views_arg, default="default",
+                   metavar="default|all|I,J,K",
+                   help="eval views: default (the frontal view and the extreme yaws, as pbidr eval), all, or "
+                        "1-based numbers like 1,9,17")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     add_rig_args(p)
     p.set_defaults(func=cmd_batch)

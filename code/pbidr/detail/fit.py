@@ -18,9 +18,9 @@ albedo's log intensity. The fit:
    offsets.
 3. **Geometry priors.** D's local mean over a Gaussian of ``lowpass_sigma_mm`` is penalised (detail
    has no low frequencies: the coarse mesh has them), and a mild Laplacian.
-4. **Coarse to fine.** D is a sum of grids (cells of 2^k texels, k = ``finest_level`` ..
-   ``coarsest_level``); the coarsest opens first, one finer level every ``level_steps`` steps.
-   Adam on all texels per step.
+4. **Multi-resolution.** D is a sum of grids (cells of 2^k texels, k = ``finest_level`` ..
+   ``coarsest_level``), a preconditioner for Adam; with ``level_steps`` > 0 the coarsest opens first,
+   one finer level every ``level_steps`` steps (coarse to fine). Adam on all texels per step.
 
 Seams: where a vertex has several UV corners, D at its copies is pulled together (``seam_weight``);
 the meshes are displaced per position, so they have no cracks anyway.
@@ -338,8 +338,10 @@ class TexelObjective:
         return cfg.learning_rate * (cfg.final_lr_fraction + (1.0 - cfg.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t)))
 
     def open_levels(self, step: int) -> int:
-        """How many grid levels (coarsest first) may move at ``step``."""
-        return 1 + step // max(1, self.cfg.level_steps)
+        """How many grid levels (coarsest first) may move at ``step`` (all when ``level_steps`` is 0)."""
+        if self.cfg.level_steps <= 0:
+            return 1 << 30
+        return 1 + step // self.cfg.level_steps
 
 
 def adam_step(objective: TexelObjective, grids: "DisplacementGrids", optimizer: torch.optim.Optimizer,

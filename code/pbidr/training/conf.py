@@ -73,7 +73,7 @@ _POSITIVE = {"train.batch_size", "train.nepoch", "train.learning_rate", "train.s
              "model.ray_tracer.line_search_step", "model.ray_tracer.band", "model.sdf_chunk",
              "model.residual_lowpass_radius", "model.residual_lowpass_samples", "loss.alpha", "loss.alpha_factor",
              "model.displacement_map.max_displacement", "loss.texel.albedo_radius_mm", "loss.texel.robust_scale",
-             "loss.texel.lowpass_sigma_mm", "loss.texel.level_steps", "loss.texel.light_iters"}
+             "loss.texel.lowpass_sigma_mm", "loss.texel.light_iters"}
 _AT_MOST_ONE = {"train.mask_ray_fraction"}
 _CHOICES = {"model.diffuse_normal": ("coarse", "sdf"), "model.sdf_network.d_in": (3,), "train.solver": ("rays", "texels"),
             "loss.texel.colour_source": ("texture", "views"), "loss.texel.light_model": ("lambert", "poly"),
