@@ -794,14 +794,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     r = m["rendering"]
     if "psnr_mean" in r:
         lines.append(f"  masked PSNR: mean {r['psnr_mean']:.2f} dB over {len(r['views'])} views")
+    def num(x, fmt: str) -> str:  # metrics.json writes NaN as "nan"
+        return format(x, fmt) if isinstance(x, (int, float)) else str(x)
+
     for key in ("score", "score_dense"):
         if key in m:
             sc = m[key]
-            lines.append(f"  score of {sc['mesh']} vs the sample's truth: normal-error ratio {sc['normal_error_ratio']:.3f}"
-                         f" (< 1 beats the coarse mesh; the truth at its vertices: {sc['ceiling_ratio']:.3f}), "
-                         f"recovered fraction {sc['recovered_fraction']:.2f}, displacement correlation "
-                         f"{sc['displacement_correlation']:.3f}, RMS {sc['displacement_rms_mm']:.3f} mm, "
-                         f"albedo leak {sc['albedo_leak']:.2f}")
+            lines.append(f"  score of {sc['mesh']} vs the sample's truth: normal-error ratio "
+                         f"{num(sc['normal_error_ratio'], '.3f')} (< 1 beats the coarse mesh; the truth at its "
+                         f"vertices: {num(sc['ceiling_ratio'], '.3f')}), recovered fraction "
+                         f"{num(sc['recovered_fraction'], '.2f')}, displacement correlation "
+                         f"{num(sc['displacement_correlation'], '.3f')}, RMS {num(sc['displacement_rms_mm'], '.3f')} mm, "
+                         f"albedo leak {num(sc['albedo_leak'], '.2f')}")
     for note in m["notes"]:
         lines.append(f"  note: {note}")
     lines.append(f"  open {out / 'compare.png'} first")
