@@ -158,7 +158,7 @@ loss {
         robust_scale = 0.005         # Charbonnier scale of the data term (log units)
         mark_tau = 0.02              # marks (chromaticity far from the local mean) count less; 0: off
         mark_radius_mm = 3.0
-        dark_level = 0.25            # dark texels count less: the log of a dark 8-bit colour is noise
+        dark_level = 0.4             # dark texels count less: the log of a dark 8-bit colour is noise
         lowpass_sigma_mm = 10.0      # D's local mean over this Gaussian is penalised (no low frequencies)
         lowpass_weight = 20.0
         laplacian_weight = 0.3
