@@ -33,3 +33,20 @@ def sphere_raw(tmp_path):
     raw.mkdir()
     write_obj(raw / "mesh.obj", textured_sphere())
     return raw
+
+
+def toy_conf(iters: int) -> str:
+    """A conf (HOCON text) of PBIDR's ray model at toy sizes, for command-line tests that must run fast."""
+    return (f"train {{ batch_size = 64, iters = {iters}, plot_freq = 0, plot_res = 16, checkpoint_freq = 0 }}\n"
+            + TOY_MODEL)
+
+
+TOY_MODEL = """model {
+  feature_vector_size = 4
+  sdf_network { dims = [16, 16], skip_in = [], multires = 0 }
+  diffuse_network { dims = [8], multires = 0 }
+  specular_network { dims = [8], multires_view = 0, multires_normal = 0 }
+  albedo_network { dims = [8], multires = 0 }
+  ray_tracer { n_steps = 8, n_secant_steps = 2 }
+}
+"""

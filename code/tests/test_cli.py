@@ -24,20 +24,10 @@ from pbidr.preprocess.sample import make_sample
 from pbidr.training import trainer as trainer_module
 from pbidr.training.conf import load_conf, parse_set, resolve_conf
 
-from conftest import textured_sphere
+from conftest import textured_sphere, toy_conf
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = """
-train { batch_size = 64, iters = 2, plot_freq = 0, plot_res = 16, checkpoint_freq = 0 }
-model {
-  feature_vector_size = 4
-  sdf_network { dims = [16, 16], skip_in = [], multires = 0 }
-  diffuse_network { dims = [8], multires = 0 }
-  specular_network { dims = [8], multires_view = 0, multires_normal = 0 }
-  albedo_network { dims = [8], multires = 0 }
-  ray_tracer { n_steps = 8, n_secant_steps = 2 }
-}
-"""
+TINY = toy_conf(2)
 
 
 @pytest.fixture(scope="module")

@@ -30,17 +30,9 @@ from pbidr.utils import args as argtypes
 
 SEED = 16
 
-TINY = """
-train { batch_size = 64, iters = 1, plot_freq = 0, plot_res = 16, checkpoint_freq = 0 }
-model {
-  feature_vector_size = 4
-  sdf_network { dims = [16, 16], skip_in = [], multires = 0 }
-  diffuse_network { dims = [8], multires = 0 }
-  specular_network { dims = [8], multires_view = 0, multires_normal = 0 }
-  albedo_network { dims = [8], multires = 0 }
-  ray_tracer { n_steps = 8, n_secant_steps = 2 }
-}
-"""
+from conftest import toy_conf  # noqa: E402
+
+TINY = toy_conf(1)
 
 
 @pytest.fixture(scope="module")
