@@ -220,8 +220,6 @@ def fit_light(normals: torch.Tensor, luminance: torch.Tensor, model: str = "lamb
 
 def seam_pairs(chart: TexelChart, mesh) -> tuple[np.ndarray, np.ndarray]:
     """Texel index pairs (P,), (P,) of the UV copies of every vertex that has several UV corners."""
-    from pbidr.detail.chart import texel_centres  # noqa: F401 (convention shared with the chart)
-
     faces, fuv = np.asarray(mesh.faces), np.asarray(mesh.face_uv)
     corner_v, corner_t = faces.reshape(-1), fuv.reshape(-1)
     pairs = np.unique(np.stack([corner_v, corner_t], 1), axis=0)
