@@ -152,7 +152,7 @@ loss {
         light_model = lambert        # lambert (ambient + clamped diffuse) or poly (SH of light_order)
         light_order = 2
         light_iters = 4
-        albedo_radius_mm = 4.0       # window half-size of the albedo model (affine in chromaticity)
+        albedo_radius_mm = 3.0       # window half-size of the albedo model (3 mm: best of 2-6 on seeds 0-2)
         albedo_eps = 1.0e-4
         albedo_guide_order = 2       # 1: affine in chromaticity, 2: quadratic (blends of two colours)
         robust_scale = 0.005         # Charbonnier scale of the data term (log units)
