@@ -169,7 +169,7 @@ _DESCRIPTIONS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pbidr.training.conf import PRESET_HELP, PRESETS
+    from pbidr.training.conf import add_conf_args
 
     parser = OneLineParser(prog="pbidr", description=__doc__)
     parser.add_argument("--version", action="version", version=f"pbidr {__version__}")
@@ -205,11 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scan directory (pbidr preprocess); taken from the run when resuming")
     p.add_argument("--output", "-o", "--exp-dir", dest="exp_dir", required=True, metavar="EXP_DIR",
                    help="run directory; an existing run needs --resume or --overwrite")
-    gc = p.add_mutually_exclusive_group()
-    gc.add_argument("--conf", default=None, metavar="FILE",
-                    help="HOCON conf (default: --preset detail = confs/fast.conf; the paper's settings: --preset "
-                         "paper or --conf confs/test.conf)")
-    gc.add_argument("--preset", choices=list(PRESETS), default=None, help=f"a named conf: {PRESET_HELP}")
+    add_conf_args(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--iters", type=positive_int, default=None,
                    help="total iterations (replaces the conf's; not with --set train.iters)")

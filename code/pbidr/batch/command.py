@@ -22,7 +22,7 @@ def _stages(text: str) -> tuple[str, ...]:
 
 def add_batch_parser(subparsers) -> argparse.ArgumentParser:
     from pbidr.cli import add_rig_args
-    from pbidr.training.conf import PRESET_HELP, PRESETS
+    from pbidr.training.conf import add_conf_args
     from pbidr.utils.args import nonneg_float, nonneg_int, positive_int, views_arg
 
     p = subparsers.add_parser(
@@ -35,11 +35,7 @@ def add_batch_parser(subparsers) -> argparse.ArgumentParser:
                    help="folder of subjects (subfolders with mesh.*, or mesh files), or a text file of paths")
     p.add_argument("--output", "-o", "--out", dest="out", required=True, metavar="DIR",
                    help="output folder (on a cluster: a path every node sees)")
-    gc = p.add_mutually_exclusive_group()
-    gc.add_argument("--conf", default=None, metavar="FILE",
-                    help="HOCON conf for train (default: --preset detail = confs/fast.conf; the paper's settings: "
-                         "--preset paper or --conf confs/test.conf)")
-    gc.add_argument("--preset", choices=list(PRESETS), default=None, help=f"a named train conf: {PRESET_HELP}")
+    add_conf_args(p, "train ")
     p.add_argument("--iters", type=positive_int, default=None,
                    help="training iterations (replaces the conf's; not with --set train.iters)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set any conf key (repeatable)")
