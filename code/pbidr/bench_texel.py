@@ -65,7 +65,7 @@ def _fit_and_score(job: dict) -> dict:
 
     folder = Path(job["sample"])
     conf = load_conf(job["conf"])
-    cfg = replace(fit_config(conf), steps=conf.get_int("train.iters"), log_every=10**9, **job["lever"])
+    cfg = replace(fit_config(conf), log_every=10**9, **job["lever"])
     res = conf.get_int("model.displacement_map.resolution")
     mesh = load_mesh(folder / "mesh.obj")
     chart = build_chart(mesh, (res, res))

@@ -34,7 +34,8 @@ def map_resolution(conf: ConfigTree, mesh: TexturedMesh) -> int:
 
 
 def fit_config(conf: ConfigTree) -> FitConfig:
-    """FitConfig from a resolved run conf: loss.texel, model.displacement_map, train.iters/learning_rate."""
+    """FitConfig from a resolved run conf: loss.texel, model.displacement_map, train.learning_rate, and
+    train.iters as the step count when it is set (the trainer counts its own steps)."""
     tex = conf.get_config("loss.texel")
     mc = conf.get_config("model.displacement_map")
     names = {f.name for f in fields(FitConfig)}
@@ -42,20 +43,24 @@ def fit_config(conf: ConfigTree) -> FitConfig:
     values.update(finest_level=mc.get_int("finest_level"), coarsest_level=mc.get_int("coarsest_level"),
                   max_displacement_mm=mc.get_float("max_displacement"),
                   learning_rate=conf.get_float("train.learning_rate"))
+    if conf.get_int("train.iters") > 0:
+        values["steps"] = conf.get_int("train.iters")
     return FitConfig(**values)
 
 
-def chart_colours(conf: ConfigTree, chart: TexelChart, mesh: TexturedMesh, scan_dir: Path | None = None) -> np.ndarray:
-    """Every texel's colour (H, W, 3) in [0, 1], from ``loss.texel.colour_source``."""
+def chart_colours(conf: ConfigTree, chart: TexelChart, mesh: TexturedMesh,
+                  scan_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every texel's colour (H, W, 3) in [0, 1], from ``loss.texel.colour_source``, and which texels
+    a view sees (H, W) bool, or None when every texel has a colour (texture or vertex colours)."""
     source = conf.get_string("loss.texel.colour_source")
     if source == "texture":
         if mesh.texture is None:
             if mesh.vertex_colors is not None:
                 from pbidr.detail.atlas import vertex_colours_on_chart
 
-                return vertex_colours_on_chart(mesh, chart)
+                return vertex_colours_on_chart(mesh, chart), None
             raise PbidrError(f"{mesh.source or 'the scan mesh'}: has no texture; set loss.texel.colour_source = views")
-        return texture_colours(mesh, chart.size)
+        return texture_colours(mesh, chart.size), None
     from pbidr.detail.views import view_colours
 
     if scan_dir is None:
@@ -75,8 +80,7 @@ class TexelSolver:
         self.cfg = fit_config(conf)
         res = self.field.grids.size
         self.chart = build_chart(mesh, res)
-        got = chart_colours(conf, self.chart, mesh, scan_dir)
-        colours, seen = got if isinstance(got, tuple) else (got, None)
+        colours, seen = chart_colours(conf, self.chart, mesh, scan_dir)
         weight = None if seen is None else seen.astype(np.float64)
         self.objective = TexelObjective(self.chart, colours, self.cfg, device, weight=weight,
                                         seams=seam_pairs(self.chart, mesh))
