@@ -47,10 +47,6 @@ class TexelChart:
     interior: np.ndarray
     texel_size: float
 
-    @property
-    def n_texels(self) -> int:
-        return int(self.mask.sum())
-
 
 def texel_centres(size: tuple[int, int]) -> np.ndarray:
     """UV (H, W, 2) of every texel centre."""

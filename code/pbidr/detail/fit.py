@@ -392,6 +392,10 @@ def fit_detail(chart: TexelChart, colours: np.ndarray, config: FitConfig | None 
                      light=objective.light, history=history, seconds=time.perf_counter() - t0, steps=cfg.steps)
 
 
+def grid_levels(finest: int, coarsest: int) -> list[int]:
+    """Grid levels, coarsest first (cells of 2^k texels, k = coarsest .. finest)."""
+    return list(range(coarsest, finest - 1, -1))
+
+
 def fit_levels(cfg: FitConfig) -> list[int]:
-    """Grid levels, coarsest first (cells of 2^k texels)."""
-    return list(range(cfg.coarsest_level, cfg.finest_level - 1, -1))
+    return grid_levels(cfg.finest_level, cfg.coarsest_level)

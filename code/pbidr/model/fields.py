@@ -53,6 +53,7 @@ def make_sdf_field(sc: Any, feature_dim: int, conf: Any) -> torch.nn.Module:
         raise ValueError(f"model.sdf_network.parameterisation must be one of {PARAMETERISATIONS}, got {param!r}")
     if param == "displacement_map":
         from pbidr.detail.field import MapSDF
+        from pbidr.detail.fit import grid_levels
 
         if feature_dim != 0:
             raise ValueError("model.feature_vector_size must be 0 with the displacement_map parameterisation "
@@ -63,7 +64,7 @@ def make_sdf_field(sc: Any, feature_dim: int, conf: Any) -> torch.nn.Module:
         # resolution 0 (the texture's size) is resolved by the trainer before it builds the model and
         # saved in the run's conf; 8 only stands in when a conf is merely checked.
         res = mc.get_int("resolution") or 8
-        return MapSDF(size=(res, res), levels=list(range(mc.get_int("coarsest_level"), mc.get_int("finest_level") - 1, -1)),
+        return MapSDF(size=(res, res), levels=grid_levels(mc.get_int("finest_level"), mc.get_int("coarsest_level")),
                       max_displacement=mc.get_float("max_displacement"))
     if param == "coarse_residual":
         from pbidr.model.residual_sdf import ResidualSDF
