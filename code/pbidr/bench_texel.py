@@ -58,7 +58,7 @@ def _fit_and_score(job: dict) -> dict:
     from pbidr.detail.solver import fit_config
     from pbidr.evaluation.displacement import subdivide_to_spacing
     from pbidr.evaluation.run_eval import map_texel_spacing
-    from pbidr.evaluation.score import SampleTruth, ceiling_vertices, load_sample, recovered_fraction, score_vertices, albedo_leak
+    from pbidr.evaluation.score import albedo_leak, ceiling_vertices, recovered_fraction, sample_reference, score_vertices
     from pbidr.evaluation.uv_maps import sample_uv_map
     from pbidr.io.load import load_mesh
     from pbidr.training.conf import load_conf
@@ -77,8 +77,8 @@ def _fit_and_score(job: dict) -> dict:
     fit = fit_detail(chart, texture_colours(mesh, chart.size), cfg, init_displacement=init,
                      seams=seam_pairs(chart, mesh))
     seconds = time.perf_counter() - t0
-    truth = load_sample(folder)
-    coarse_ref = score_vertices(truth.coarse.vertices, truth.coarse.faces, truth).normal_error_deg.mean()
+    truth, coarse_errors = sample_reference(folder)
+    coarse_ref = coarse_errors["mean"]
     out = {"seed": job["seed"], "lever": job["lever_name"], "oracle": job["oracle"], "fit_s": seconds,
            "steps": cfg.steps, "resolution": res}
     vn = mesh.vertex_normals()

@@ -409,6 +409,12 @@ def _stamp(folder: Path) -> tuple:
     return tuple((folder / n).stat().st_mtime_ns if (folder / n).exists() else None for n in names)
 
 
+def sample_reference(sample_dir: str | Path) -> tuple[SampleTruth, dict]:
+    """A sample folder's truth and the coarse mesh's normal errors (mean, median; cached per folder)."""
+    folder = Path(sample_dir)
+    return _reference(str(folder.resolve()), _stamp(folder))
+
+
 def ceiling_vertices(vertices: np.ndarray, truth: SampleTruth) -> np.ndarray:
     """The truth at a mesh's own vertices: each vertex replaced by its closest coarse point Q plus the
     true displacement at Q's (u, v) along the coarse normal there. Vertices farther than
@@ -445,7 +451,7 @@ def score_mesh(mesh_path: str | Path, sample_dir: str | Path, ceiling: bool = Tr
         raise PbidrError(f"{mesh_path}: mesh file not found")
     if not (folder / "sample.json").is_file():
         raise PbidrError(f"{folder / 'sample.json'}: not found; {folder} is not a sample folder (make one with 'pbidr sample')")
-    truth, coarse_errors = _reference(str(folder.resolve()), _stamp(folder))
+    truth, coarse_errors = sample_reference(folder)
     vertices, faces = load_geometry(mesh_path)
     scores = score_vertices(vertices, faces, truth)
     if len(scores.uv) == 0:
