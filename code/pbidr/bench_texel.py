@@ -25,6 +25,9 @@ LEVERS = {
     "albedo affine (not quadratic) in chroma": {"albedo_guide_order": 1},
     "no mark / dark weights": {"mark_tau": 0.0, "dark_level": 0.0},
     "no low-pass prior": {"lowpass_weight": 0.0},
+    "Laplacian 0.3 (not the fine-scale prior)": {"laplacian_weight": 0.3, "finescale_weight": 0.0},
+    "albedo eps 1e-4 (not 1e-6)": {"albedo_eps": 1e-4},
+    "robust scale 0.005 (not 0.001)": {"robust_scale": 0.005},
     "coarse to fine (a level every 12 steps)": {"level_steps": 12},
     "lr not decayed": {"final_lr_fraction": 1.0},
 }
@@ -111,6 +114,8 @@ def main(argv=None) -> int:
     p.add_argument("--conf", default=str(repo / "confs" / "fast.conf"))
     p.add_argument("--levers", default="all", help="all, none (full + oracle only) or names joined by ';'")
     p.add_argument("--jobs", type=int, default=1, help="fits in parallel (each gets cores / jobs threads)")
+    p.add_argument("--curve", default="", help="step counts, e.g. 25,50,100,150,300: also fit the full setting "
+                   "with each (quality against time; use --jobs 1 so each fit has every core)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,6 +130,9 @@ def main(argv=None) -> int:
     jobs = [{"sample": str(out / f"sample{seed}"), "seed": seed, "conf": args.conf, "lever_name": name,
              "lever": lever, "oracle": False, "threads": threads} for name, lever in levers.items() for seed in seeds]
     jobs += [{**j, "oracle": True, "lever_name": "oracle (start at the truth)"} for j in jobs if j["lever_name"] == "full"]
+    jobs += [{"sample": str(out / f"sample{seed}"), "seed": seed, "conf": args.conf, "lever_name": f"{n} steps",
+              "lever": {"steps": n}, "oracle": False, "threads": threads}
+             for n in (int(x) for x in args.curve.split(",") if x) for seed in seeds]
     rate_before = matmul_gflops()
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:

@@ -258,3 +258,33 @@ def test_dense_mesh_edges_are_about_a_texel(tmp_path):
         median = float(np.median(np.linalg.norm(e, axis=-1)))
         assert 0.5 * texel <= median <= 1.5 * texel or levels == 3, (res, texel, median, levels)
         np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-9)
+
+
+def test_finescale_prior_ignores_constants_and_weighs_texel_noise_above_fine_detail():
+    """The fine-scale prior (D minus its one-texel Gaussian mean): zero for a constant offset; a
+    texel checkerboard costs far more than a 10-texel wave of the same amplitude; with the prior's
+    weight the energy grows by weight x term."""
+    from pbidr.detail.fit import TexelObjective
+
+    mesh = plane_mesh(n=21, dome=25.0)
+    size = 64
+    chart = build_chart(mesh, (size, size))
+    colours = np.full((size, size, 3), 0.5)
+    off = TexelObjective(chart, colours, FitConfig(laplacian_weight=0.0, lowpass_weight=0.0, finescale_weight=0.0))
+    on = TexelObjective(chart, colours, FitConfig(laplacian_weight=0.0, lowpass_weight=0.0, finescale_weight=2.0))
+    rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    inside = torch.as_tensor(chart.mask, dtype=torch.float32)
+    maps = {
+        "constant": np.full((size, size), 0.1),
+        "wave": 0.1 * np.cos(2 * np.pi * cols / 10.0),
+        "checker": 0.1 * (-1.0) ** (rows + cols),
+    }
+    fine = {}
+    for name, d in maps.items():
+        d = torch.as_tensor(d, dtype=torch.float32) * inside
+        e_on, terms = on.energy(d)
+        e_off, _ = off.energy(d)
+        fine[name] = float(terms["finescale"])
+        assert float(e_on - e_off) == pytest.approx(2.0 * fine[name], rel=1e-4, abs=1e-9)
+    assert fine["constant"] < 1e-6 * fine["checker"], fine
+    assert fine["checker"] > 5.0 * fine["wave"] > 0.0, fine

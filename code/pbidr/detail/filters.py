@@ -74,7 +74,8 @@ class GuidedFilter:
         cov = self._mean(outer).reshape(g, g, *guide.shape[1:]) - self.mu.unsqueeze(0) * self.mu.unsqueeze(1)
         cov = cov + eps * torch.eye(g, dtype=guide.dtype, device=guide.device).view(g, g, 1, 1)
         # (H, W, G, G) inverse covariances, one small solve per texel.
-        self.cov_inv = torch.linalg.inv(cov.permute(2, 3, 0, 1).contiguous())
+        # (in float64: with a small eps the quadratic guide's covariance is near singular in flat skin).
+        self.cov_inv = torch.linalg.inv(cov.permute(2, 3, 0, 1).contiguous().double()).to(guide.dtype)
 
     def _mean(self, x: torch.Tensor) -> torch.Tensor:
         return _separable(x * self.weight, self.kernel) / self.den

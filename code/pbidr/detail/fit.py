@@ -17,7 +17,9 @@ albedo's log intensity. The fit:
    ``rho((I - GF)(Y - log s(n)))`` on every valid texel, blind to albedo of that form and to smooth
    offsets.
 3. **Geometry priors.** D's local mean over a Gaussian of ``lowpass_sigma_mm`` is penalised (detail
-   has no low frequencies: the coarse mesh has them), and a mild Laplacian.
+   has no low frequencies: the coarse mesh has them), and so is D's texel-scale part (D minus its
+   Gaussian mean over ``finescale_sigma_texels``), which stops noise without damping the 2-3 mm detail
+   as a Laplacian does (optional, ``laplacian_weight``).
 4. **Multi-resolution.** D is a sum of grids (cells of 2^k texels, k = ``finest_level`` ..
    ``coarsest_level``), a preconditioner for Adam; with ``level_steps`` > 0 the coarsest opens first,
    one finer level every ``level_steps`` steps (coarse to fine). Adam on all texels per step.
@@ -64,6 +66,9 @@ class FitConfig:
     lowpass_sigma_mm: float = 4.0
     lowpass_weight: float = 50.0
     laplacian_weight: float = 1e-4
+    finescale_weight: float = 0.0  # penalty on D minus its Gaussian mean over finescale_sigma texels, per
+    # texel^2: damps texel-scale noise only, where a Laplacian also damps the 2-3 mm detail
+    finescale_sigma_texels: float = 1.0
     seam_weight: float = 10.0
     finest_level: int = 1  # cells of 2^finest_level texels
     coarsest_level: int = 6
@@ -292,6 +297,7 @@ class TexelObjective:
         self.light = Light(self.light.model, self.light.order, self.light.coeffs * float(top))
         self.gf = GuidedFilter(guide, wmap, max(1, int(round(cfg.albedo_radius_mm / texel))), cfg.albedo_eps)
         self.gauss = gaussian_kernel(cfg.lowpass_sigma_mm / texel)
+        self.fine = gaussian_kernel(cfg.finescale_sigma_texels)
         self.chart_w = torch.as_tensor(chart.mask, dtype=dt, device=device)
         self.n_valid = float(valid.sum())  # normalises every term (weights change only the data's)
         self.texel2 = texel**2
@@ -316,6 +322,11 @@ class TexelObjective:
         e_lap = ((lap**2) * self.ct["interior"]).sum() / self.n_valid
         e = e_data + cfg.lowpass_weight * e_low + cfg.laplacian_weight * e_lap
         terms = {"data": e_data.detach(), "lowpass": e_low.detach(), "laplacian": e_lap.detach()}
+        if cfg.finescale_weight > 0:
+            fine = d - masked_mean(d.unsqueeze(0), self.chart_w, self.fine)[0]
+            e_fine = ((fine**2) * self.chart_w).sum() / (self.n_valid * self.texel2)
+            e = e + cfg.finescale_weight * e_fine
+            terms["finescale"] = e_fine.detach()
         if self.seam_a is not None:
             flat = d.reshape(-1)
             e_seam = ((flat[self.seam_a] - flat[self.seam_b]) ** 2).mean()

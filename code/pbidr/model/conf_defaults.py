@@ -153,15 +153,19 @@ loss {
         light_order = 2
         light_iters = 4
         albedo_radius_mm = 3.0       # window half-size of the albedo model (3 mm: best of 2-6 on seeds 0-2)
-        albedo_eps = 1.0e-4
+        albedo_eps = 1.0e-6          # guided-filter regulariser (chromaticity^2): small lets the albedo follow colour edges
         albedo_guide_order = 2       # 1: affine in chromaticity, 2: quadratic (blends of two colours)
-        robust_scale = 0.005         # Charbonnier scale of the data term (log units)
-        mark_tau = 0.02              # marks (chromaticity far from the local mean) count less; 0: off
+        robust_scale = 0.001         # Charbonnier scale of the data term (log units): near L1 (0.005 before)
+        mark_tau = 0.04              # marks (chromaticity far from the local mean) count less; 0: off
         mark_radius_mm = 3.0
-        dark_level = 0.4             # dark texels count less: the log of a dark 8-bit colour is noise
+        dark_level = 0.25            # dark texels count less: the log of a dark 8-bit colour is noise
         lowpass_sigma_mm = 10.0      # D's local mean over this Gaussian is penalised (no low frequencies)
         lowpass_weight = 20.0
-        laplacian_weight = 0.3
+        laplacian_weight = 0.0       # a Laplacian damps the 2-3 mm detail too (0.3 before; BENCHMARKS.md)
+        # a weak penalty on D minus its Gaussian mean over finescale_sigma_texels: stops texel noise, and per mm
+        # of amplitude weighs the 2-3 mm detail about 9x less than the 0.3 Laplacian it replaced
+        finescale_weight = 1.0
+        finescale_sigma_texels = 1.0
         seam_weight = 10.0           # the UV copies of a seam vertex agree
         # steps between the opening of two map levels, coarse to fine (0: all open from the start; on
         # seeds 0, 1, 2 that recovered 0.34 / 0.37 / 0.38 against 0.33 / 0.37 / 0.37 with 12, BENCHMARKS.md)
