@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -135,7 +136,9 @@ def main(argv=None) -> int:
              for n in (int(x) for x in args.curve.split(",") if x) for seed in seeds]
     rate_before = matmul_gflops()
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+    # spawn, not fork: the parent's matmul probe has started OpenMP threads, and a forked child that uses
+    # more than one thread hangs (measured: --jobs 1 on 2 cores never finished)
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
         results = list(pool.map(run_one, jobs))
     wall = time.perf_counter() - t0
     rate_after = matmul_gflops()
