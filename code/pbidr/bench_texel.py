@@ -128,12 +128,14 @@ def main(argv=None) -> int:
             make_sample(out / f"sample{seed}", seed=seed)
     cores = len(os.sched_getaffinity(0))
     threads = max(1, cores // max(1, args.jobs))
-    jobs = [{"sample": str(out / f"sample{seed}"), "seed": seed, "conf": args.conf, "lever_name": name,
-             "lever": lever, "oracle": False, "threads": threads} for name, lever in levers.items() for seed in seeds]
-    jobs += [{**j, "oracle": True, "lever_name": "oracle (start at the truth)"} for j in jobs if j["lever_name"] == "full"]
-    jobs += [{"sample": str(out / f"sample{seed}"), "seed": seed, "conf": args.conf, "lever_name": f"{n} steps",
-              "lever": {"steps": n}, "oracle": False, "threads": threads}
-             for n in (int(x) for x in args.curve.split(",") if x) for seed in seeds]
+    def job(seed: int, name: str, lever: dict, oracle: bool = False) -> dict:
+        return {"sample": str(out / f"sample{seed}"), "seed": seed, "conf": args.conf, "lever_name": name,
+                "lever": lever, "oracle": oracle, "threads": threads}
+
+    jobs = [job(seed, name, lever) for name, lever in levers.items() for seed in seeds]
+    jobs += [job(seed, "oracle (start at the truth)", {}, oracle=True) for seed in seeds if "full" in levers]
+    jobs += [job(seed, f"{n} steps", {"steps": n}) for n in (int(x) for x in args.curve.split(",") if x)
+             for seed in seeds]
     rate_before = matmul_gflops()
     t0 = time.perf_counter()
     # spawn, not fork: the parent's matmul probe has started OpenMP threads, and a forked child that uses

@@ -17,9 +17,9 @@ albedo's log intensity. The fit:
    ``rho((I - GF)(Y - log s(n)))`` on every valid texel, blind to albedo of that form and to smooth
    offsets.
 3. **Geometry priors.** D's local mean over a Gaussian of ``lowpass_sigma_mm`` is penalised (detail
-   has no low frequencies: the coarse mesh has them), and so is D's texel-scale part (D minus its
-   Gaussian mean over ``finescale_sigma_texels``), which stops noise without damping the 2-3 mm detail
-   as a Laplacian does (optional, ``laplacian_weight``).
+   has no low frequencies: the coarse mesh has them), and, weakly, D's texel-scale part (D minus its
+   Gaussian mean over ``finescale_sigma_texels``): it stops texel noise and, per mm of amplitude, weighs
+   the 2-3 mm detail about 9x less than a Laplacian of weight 0.3 (optional: ``laplacian_weight``).
 4. **Multi-resolution.** D is a sum of grids (cells of 2^k texels, k = ``finest_level`` ..
    ``coarsest_level``), a preconditioner for Adam; with ``level_steps`` > 0 the coarsest opens first,
    one finer level every ``level_steps`` steps (coarse to fine). Adam on all texels per step.
@@ -66,8 +66,8 @@ class FitConfig:
     lowpass_sigma_mm: float = 4.0
     lowpass_weight: float = 50.0
     laplacian_weight: float = 1e-4
-    finescale_weight: float = 0.0  # penalty on D minus its Gaussian mean over finescale_sigma texels, per
-    # texel^2: damps texel-scale noise only, where a Laplacian also damps the 2-3 mm detail
+    finescale_weight: float = 0.0  # penalty on D minus its Gaussian mean over finescale_sigma_texels, per
+    # texel^2: mostly texel-scale noise (a Laplacian weighs the 2-3 mm detail more)
     finescale_sigma_texels: float = 1.0
     seam_weight: float = 10.0
     finest_level: int = 1  # cells of 2^finest_level texels
@@ -317,11 +317,14 @@ class TexelObjective:
         e_data = data.sum() / self.n_valid
         low = masked_mean(d.unsqueeze(0), self.chart_w, self.gauss)[0]
         e_low = ((low**2) * self.chart_w).sum() / self.n_valid
-        lap = torch.zeros_like(d)
-        lap[1:-1, 1:-1] = (d[2:, 1:-1] + d[:-2, 1:-1] + d[1:-1, 2:] + d[1:-1, :-2] - 4 * d[1:-1, 1:-1]) / self.texel2
-        e_lap = ((lap**2) * self.ct["interior"]).sum() / self.n_valid
-        e = e_data + cfg.lowpass_weight * e_low + cfg.laplacian_weight * e_lap
-        terms = {"data": e_data.detach(), "lowpass": e_low.detach(), "laplacian": e_lap.detach()}
+        e = e_data + cfg.lowpass_weight * e_low
+        terms = {"data": e_data.detach(), "lowpass": e_low.detach()}
+        if cfg.laplacian_weight > 0:
+            lap = torch.zeros_like(d)
+            lap[1:-1, 1:-1] = (d[2:, 1:-1] + d[:-2, 1:-1] + d[1:-1, 2:] + d[1:-1, :-2] - 4 * d[1:-1, 1:-1]) / self.texel2
+            e_lap = ((lap**2) * self.ct["interior"]).sum() / self.n_valid
+            e = e + cfg.laplacian_weight * e_lap
+            terms["laplacian"] = e_lap.detach()
         if cfg.finescale_weight > 0:
             fine = d - masked_mean(d.unsqueeze(0), self.chart_w, self.fine)[0]
             e_fine = ((fine**2) * self.chart_w).sum() / (self.n_valid * self.texel2)
