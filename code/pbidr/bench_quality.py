@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pbidr.utils.atomic import write_json, write_text
+from pbidr.utils.plot import line_chart
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -184,15 +185,9 @@ def _report(out, seeds, variants, iters, steps, threads, jobs, res, conf, extra,
     return report
 
 
-_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-            (227, 119, 194), (127, 127, 127)]
-
-
 def plot_curve(report: dict, seconds_per_iter: float | None = None, size: tuple[int, int] = (900, 520)) -> np.ndarray:
     """Normal-error ratio against training step (or minutes, given ``seconds_per_iter``), one line per
     variant (mean over its runs at the steps every run reached), as an RGB image (uint8)."""
-    import cv2
-
     curves: dict[str, dict[int, list[float]]] = {}
     finals: dict[str, list[tuple[int, float]]] = {}
     for e in report["runs"].values():
@@ -210,43 +205,10 @@ def plot_curve(report: dict, seconds_per_iter: float | None = None, size: tuple[
         if len(pts) == n_runs[v]:
             lines.setdefault(v, []).append((int(np.mean([k for k, _ in pts])), float(np.mean([r for _, r in pts]))))
     lines = {v: pts for v, pts in lines.items() if pts}
-    w, h = size
-    img = np.full((h, w, 3), 255, np.uint8)
-    if not lines:
-        return img
     x_scale = (seconds_per_iter / 60.0) if seconds_per_iter else 1.0
-    xs = [k * x_scale for pts in lines.values() for k, _ in pts]
-    ys = [r for pts in lines.values() for _, r in pts] + [1.0, 0.75]
-    x0, x1 = 0.0, max(xs) * 1.05
-    y0, y1 = min(ys) - 0.05, max(ys) + 0.05
-    left, right, top, bottom = 70, 230, 20, 50
-
-    def px(x: float, y: float) -> tuple[int, int]:
-        return (int(left + (x - x0) / (x1 - x0) * (w - left - right)),
-                int(top + (y1 - y) / (y1 - y0) * (h - top - bottom)))
-
-    cv2.rectangle(img, px(x0, y0), px(x1, y1), (0, 0, 0), 1)
-    for ref, label in ((1.0, "coarse mesh"), (0.75, "target")):
-        cv2.line(img, px(x0, ref), px(x1, ref), (160, 160, 160), 1, cv2.LINE_AA)
-        cv2.putText(img, label, (px(x0, ref)[0] + 4, px(x0, ref)[1] - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (90, 90, 90), 1)
-    for i in range(6):
-        y = y0 + (y1 - y0) * i / 5
-        cv2.putText(img, f"{y:.2f}", (8, px(x0, y)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
-        x = x0 + (x1 - x0) * i / 5
-        cv2.putText(img, f"{x:.0f}" if x1 > 20 else f"{x:.1f}", (px(x, y0)[0] - 10, h - 30),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
-    cv2.putText(img, ("minutes of training" if seconds_per_iter else "training step") + "  (y: normal-error ratio)",
-                (left, h - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
-    for i, (variant, pts) in enumerate(sorted(lines.items())):
-        colour = _COLOURS[i % len(_COLOURS)][::-1]
-        path = [px(k * x_scale, r) for k, r in pts]
-        for a, b in zip(path, path[1:]):
-            cv2.line(img, a, b, colour, 2, cv2.LINE_AA)
-        for p in path:
-            cv2.circle(img, p, 3, colour, -1, cv2.LINE_AA)
-        cv2.putText(img, variant, (w - right + 10, top + 18 * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1,
-                    cv2.LINE_AA)
-    return img
+    scaled = {v: [(k * x_scale, r) for k, r in pts] for v, pts in sorted(lines.items())}
+    xlabel = ("minutes of training" if seconds_per_iter else "training step") + "  (y: normal-error ratio)"
+    return line_chart(scaled, xlabel, refs=[(1.0, "coarse mesh"), (0.75, "target")], size=size)
 
 
 def _s_per_iter(exp: Path) -> float | None:

@@ -24,3 +24,41 @@ def test_quick_benchmark_writes_every_key(tmp_path):
         assert "normal_error_ratio" in saved["quality"][name]
     table = markdown(results)
     assert "| fast_mlp.conf | mesh |" in table and "normal-error ratio" in table
+
+
+def test_line_chart_draws_each_series_in_its_colour_on_a_log_axis():
+    import numpy as np
+
+    from pbidr.utils.plot import COLOURS, line_chart
+
+    img = line_chart({"a": [(3, 0.4), (30, 0.5)], "b": [(300, 0.0), (600, 0.02)]}, "seconds", log_x=True,
+                     refs=[(0.5, "target")])
+    assert img.shape == (520, 900, 3) and img.dtype == np.uint8
+    for colour in COLOURS[:2]:
+        hit = np.all(img == np.array(colour, np.uint8), axis=-1)
+        assert hit.sum() > 50, colour  # the polyline and its markers
+    plot = img[:, :900 - 230]  # left of the legend
+    a_cols = np.flatnonzero(np.all(plot == np.array(COLOURS[0], np.uint8), axis=-1).any(axis=0))
+    b_cols = np.flatnonzero(np.all(plot == np.array(COLOURS[1], np.uint8), axis=-1).any(axis=0))
+    assert a_cols.max() < b_cols.min()  # 3-30 s lies left of 300-600 s
+    assert line_chart({}, "x").min() == 255  # nothing to draw: a blank chart, no error
+
+
+def test_texel_bench_reference_points_from_a_spec_and_from_a_quality_report(tmp_path):
+    import pytest
+
+    from pbidr.bench_texel import reference_points
+
+    results = [{"seed": 0, "oracle": False, "coarse": {"ceiling": 0.5}}]
+    assert reference_points("ray/MLP=276:-0.01,474:0.01", results) == ("ray/MLP", [(276.0, -0.01), (474.0, 0.01)])
+    report = {"runs": {"full/0": {"variant": "full", "seed": 0, "s_per_iter": 0.2,
+                                  "curve": [{"step": 100, "normal_error_ratio": 0.9},
+                                            {"step": 200, "normal_error_ratio": 0.8}]}}}
+    path = tmp_path / "mlp" / "quality.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(report))
+    label, points = reference_points(str(path), results)
+    assert label == "mlp (ray/MLP)"
+    assert points == [(pytest.approx(20.0), pytest.approx(0.2)), (pytest.approx(40.0), pytest.approx(0.4))]
+    with pytest.raises(SystemExit, match="neither a file"):
+        reference_points("nothing-here", results)
