@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import time
@@ -31,6 +32,14 @@ LEVERS = {
     "robust scale 0.005 (not 0.001)": {"robust_scale": 0.005},
     "coarse to fine (a level every 12 steps)": {"level_steps": 12},
     "lr not decayed": {"final_lr_fraction": 1.0},
+}
+
+# Parts of the energy replaced by the sample's truth (what each costs), from zero: (true light, true
+# albedo, lever).
+DIAGNOSTICS = {
+    "diagnostic: true light": (True, False, {}),
+    "diagnostic: true albedo and light": (True, True, {}),
+    "diagnostic: true albedo and light, no low-pass prior": (True, True, {"lowpass_weight": 0.0}),
 }
 
 
@@ -77,9 +86,21 @@ def _fit_and_score(job: dict) -> dict:
     if job["oracle"]:
         gt = np.load(folder / "gt_displacement_uv.npy")
         init = cv2.resize(gt, (res, res), interpolation=cv2.INTER_AREA) if gt.shape != (res, res) else gt
+    light = albedo = None
+    if job.get("true_light"):
+        from pbidr.detail.fit import Light
+        from pbidr.preprocess import sample as face_sample
+
+        direction = np.asarray(json.loads((folder / "sample.json").read_text())["light_direction"])
+        light = Light("lambert", 1, np.array([face_sample.AMBIENT, *(face_sample.DIFFUSE * direction)]))
+    if job.get("true_albedo"):
+        from PIL import Image
+
+        albedo = np.asarray(Image.open(folder / "albedo.png").convert("RGB")).astype(np.float64) / 255.0
+        albedo = cv2.resize(albedo, (res, res), interpolation=cv2.INTER_AREA) if albedo.shape[:2] != (res, res) else albedo
     t0 = time.perf_counter()
     fit = fit_detail(chart, texture_colours(mesh, chart.size), cfg, init_displacement=init,
-                     seams=seam_pairs(chart, mesh))
+                     seams=seam_pairs(chart, mesh), light=light, albedo=albedo)
     seconds = time.perf_counter() - t0
     truth, coarse_errors = sample_reference(folder)
     coarse_ref = coarse_errors["mean"]
@@ -102,7 +123,90 @@ def _fit_and_score(job: dict) -> dict:
                      "true_rms_mm": float(np.sqrt(np.mean(s.true_displacement**2))),
                      "leak": float(albedo_leak(s, truth)[0]), "vertices": int(len(m.vertices))}
     out["dense"]["subdivisions"] = levels
+    out["bands"] = displacement_bands(fit.displacement, folder)
     return out
+
+
+BAND_EDGES_MM = (0.0, 0.6, 1.5, 4.0, 12.0, math.inf)  # Gaussian sigmas (mm) between the bands
+
+
+def displacement_bands(d: np.ndarray, folder: Path) -> list[dict]:
+    """The fitted map against the sample's true one, band by band (differences of Gaussian blurs at
+    BAND_EDGES_MM, in the sample's face-plane millimetres), inside its scoring region: the RMS of
+    each, the regression slope of fit on truth (1 = full amplitude) and the correlation. Shows which
+    scales the fit recovers and which it cannot see."""
+    import cv2
+    from PIL import Image
+
+    from pbidr.preprocess import sample as face_sample
+
+    h, w = d.shape
+    gt = np.load(folder / "gt_displacement_uv.npy").astype(np.float64)
+    gt = cv2.resize(gt, (w, h), interpolation=cv2.INTER_AREA) if gt.shape != (h, w) else gt
+    region = np.asarray(Image.open(folder / "face_region_uv.png").convert("L").resize((w, h))) > 127
+    sx, sy = w / face_sample.FACE_WIDTH_MM, h / face_sample.FACE_HEIGHT_MM  # texels per mm
+
+    def blur(x: np.ndarray, sigma_mm: float) -> np.ndarray:
+        if sigma_mm == 0.0:
+            return x
+        if math.isinf(sigma_mm):
+            return np.zeros_like(x)
+        return cv2.GaussianBlur(x, (0, 0), sigmaX=sigma_mm * sx, sigmaY=sigma_mm * sy)
+
+    out = []
+    fit = d.astype(np.float64)
+    for lo, hi in zip(BAND_EDGES_MM[:-1], BAND_EDGES_MM[1:]):
+        t = (blur(gt, lo) - blur(gt, hi))[region]
+        f = (blur(fit, lo) - blur(fit, hi))[region]
+        out.append({"sigma_mm": [lo, hi], "true_rms": float(t.std()), "fit_rms": float(f.std()),
+                    "slope": float((t * f).sum() / max((t * t).sum(), 1e-30)),
+                    "correlation": float(np.corrcoef(t, f)[0, 1])})
+    return out
+
+
+def quality_time_chart(results: list[dict], references: list[tuple[str, list[tuple[float, float]]]]):
+    """Recovered fraction (coarse topology and dense mesh) against fit seconds, the mean over seeds
+    per step count, plus the reference modes' points: an RGB image."""
+    from pbidr.utils.plot import line_chart
+
+    by_steps: dict[int, list[dict]] = {}
+    for r in results:
+        if not r["oracle"] and (r["lever"] == "full" or r["lever"].endswith(" steps")):
+            by_steps.setdefault(r["steps"], []).append(r)
+    n_seeds = max((len(v) for v in by_steps.values()), default=0)
+    pts = sorted((float(np.mean([r["fit_s"] for r in v])), float(np.mean([r["coarse"]["recovered"] for r in v])),
+                  float(np.mean([r["dense"]["recovered"] for r in v]))) for v in by_steps.values() if len(v) == n_seeds)
+    lines = {"texel fit, coarse": [(t, c) for t, c, _ in pts], "texel fit, dense": [(t, d) for t, _, d in pts]}
+    lines.update(dict(references))
+    return line_chart(lines, "seconds (log)  (y: recovered fraction, coarse topology unless named)",
+                      refs=[(0.0, "coarse mesh"), (0.5, "target"), (1.0, "ceiling")], log_x=True)
+
+
+def reference_points(spec: str, results: list[dict]) -> tuple[str, list[tuple[float, float]]]:
+    """``--reference``: (label, [(seconds, recovered)]) from a quality.json of `pbidr bench quality`
+    (ratio -> recovered with this run's coarse ceilings of the same seeds; seconds = step x s/it, the mean
+    over seeds at the steps every run reached) or from LABEL=SECONDS:RECOVERED,..."""
+    path = Path(spec)
+    if not path.is_file():
+        label, sep, body = spec.partition("=")
+        try:
+            points = [(float(a), float(b)) for a, b in (item.split(":") for item in body.split(",") if item)]
+        except ValueError:
+            points = []
+        if not sep or not points:
+            raise SystemExit(f"--reference {spec!r}: neither a file nor LABEL=SECONDS:RECOVERED,...")
+        return label, points
+    report = json.loads(path.read_text())
+    ceilings = {r["seed"]: r["coarse"]["ceiling"] for r in results if not r["oracle"]}
+    per_step: dict[int, list[tuple[float, float]]] = {}
+    runs = [e for e in report.get("runs", {}).values() if e.get("seed") in ceilings and e.get("s_per_iter")]
+    for e in runs:
+        for c in e.get("curve", []):
+            rec = (1.0 - c["normal_error_ratio"]) / (1.0 - ceilings[e["seed"]])
+            per_step.setdefault(int(c["step"]), []).append((c["step"] * e["s_per_iter"], rec))
+    points = [(float(np.mean([t for t, _ in v])), float(np.mean([q for _, q in v])))
+              for _, v in sorted(per_step.items()) if len(v) == len(runs)]
+    return f"{path.parent.name} (ray/MLP)", points
 
 
 def main(argv=None) -> int:
@@ -117,6 +221,11 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="fits in parallel (each gets cores / jobs threads)")
     p.add_argument("--curve", default="", help="step counts, e.g. 25,50,100,150,300: also fit the full setting "
                    "with each (quality against time; use --jobs 1 so each fit has every core)")
+    p.add_argument("--diagnostics", action="store_true",
+                   help="also fit with the sample's true light and albedo in place of the fitted ones (what each costs)")
+    p.add_argument("--reference", action="append", default=[],
+                   help="another mode's quality against time for OUT/quality_time.png: a `pbidr bench quality` "
+                   "quality.json (its runs on the same seeds), or LABEL=SECONDS:RECOVERED,... (measured elsewhere)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -134,6 +243,9 @@ def main(argv=None) -> int:
 
     jobs = [job(seed, name, lever) for name, lever in levers.items() for seed in seeds]
     jobs += [job(seed, "oracle (start at the truth)", {}, oracle=True) for seed in seeds if "full" in levers]
+    if args.diagnostics:
+        jobs += [job(seed, name, lever) | {"true_light": tl, "true_albedo": ta}
+                 for name, (tl, ta, lever) in DIAGNOSTICS.items() for seed in seeds]
     jobs += [job(seed, f"{n} steps", {"steps": n}) for n in (int(x) for x in args.curve.split(",") if x)
              for seed in seeds]
     rate_before = matmul_gflops()
@@ -156,7 +268,21 @@ def main(argv=None) -> int:
         lines.append(f"| {r['lever']} | {r['seed']} | {r['fit_s']:.0f} | {c['ratio']:.3f} / {c['ceiling']:.3f} / "
                      f"**{c['recovered']:.2f}** | {d['ratio']:.3f} / {d['ceiling']:.3f} / **{d['recovered']:.2f}** | "
                      f"{c['correlation']:.2f} | {c['rms_mm']:.3f} / {c['true_rms_mm']:.3f} | {c['leak']:.2f} |")
+    lines += ["", "Bands of the fitted map against the truth (Gaussian sigmas in mm; true / fitted RMS mm, slope, "
+              "correlation), the full setting from zero and from the truth:", "",
+              "| run | seed | " + " | ".join(f"{lo:g}-{hi:g}" for lo, hi in zip(BAND_EDGES_MM[:-1], BAND_EDGES_MM[1:]))
+              + " |", "|---|---|" + "---|" * (len(BAND_EDGES_MM) - 1)]
+    for r in results:
+        if r["lever"] in ("full", "oracle (start at the truth)") or r["lever"].startswith("diagnostic"):
+            lines.append(f"| {r['lever']} | {r['seed']} | " + " | ".join(
+                f"{b['true_rms']:.3f} / {b['fit_rms']:.3f}, {b['slope']:.2f}, {b['correlation']:.2f}"
+                for b in r["bands"]) + " |")
     (out / "texel.md").write_text("\n".join(lines) + "\n")
+    if args.curve:
+        from pbidr.utils.images import write_png
+
+        write_png(out / "quality_time.png", quality_time_chart(results, [reference_points(r, results)
+                                                                          for r in args.reference]))
     print("\n".join(lines))
     return 0
 

@@ -288,3 +288,33 @@ def test_finescale_prior_ignores_constants_and_weighs_texel_noise_above_fine_det
         assert float(e_on - e_off) == pytest.approx(2.0 * fine[name], rel=1e-4, abs=1e-9)
     assert fine["constant"] < 1e-6 * fine["checker"], fine
     assert fine["checker"] > 5.0 * fine["wave"] > 0.0, fine
+
+
+def test_known_light_and_albedo_replace_the_fitted_ones_and_hold_the_truth():
+    """The diagnostics' energy: with the true light and albedo (no filter) the data term of the true
+    map is 8-bit noise, far below that of the zero map; the light is used as given."""
+    from pbidr.detail.fit import Light, TexelObjective
+
+    mesh = plane_mesh(n=21, dome=25.0)
+
+    def bumps(x, y):
+        return 0.25 * np.sin(2 * np.pi * x / 5.0) * np.cos(2 * np.pi * y / 6.0)
+
+    size = 96
+    texture, chart = _shaded_texture(mesh, size, bumps)
+    l = np.array([-0.35, 0.45, 0.82]) / np.linalg.norm([-0.35, 0.45, 0.82])
+    light = Light("lambert", 1, np.array([0.35, *(0.65 * l)]))
+    grey = 1.0 + 0.15 * np.sin(2 * np.pi * chart.points[..., 1] / 3.0)  # grey albedo: no filter explains it
+    albedo = np.array([0.8, 0.6, 0.5]) * grey[..., None]
+    texture = np.clip(np.round(texture * grey[..., None]), 0, 255)
+    cfg = FitConfig(laplacian_weight=0.0, lowpass_weight=0.0, finescale_weight=0.0, seam_weight=0.0,
+                    mark_tau=0.0, dark_level=0.0)
+    known = TexelObjective(chart, texture / 255.0, cfg, light=light, albedo=albedo)
+    assert known.light is light
+    truth = torch.as_tensor(bumps(chart.points[..., 0], chart.points[..., 1]), dtype=torch.float32)
+    at_truth = float(known.energy(truth)[1]["data"])
+    at_zero = float(known.energy(torch.zeros_like(truth))[1]["data"])
+    assert at_truth < 0.1 * at_zero, (at_truth, at_zero)
+    fitted = TexelObjective(chart, texture / 255.0, cfg)
+    assert not np.allclose(fitted.light.coeffs, light.coeffs)  # fitted: another scale (and an estimate)
+    assert float(fitted.energy(truth)[1]["data"]) > 3.0 * at_truth  # the filter leaves the grey albedo in

@@ -254,7 +254,11 @@ class TexelObjective:
     """
 
     def __init__(self, chart: TexelChart, colours: np.ndarray, cfg: FitConfig, device: torch.device | str = "cpu",
-                 weight: np.ndarray | None = None, seams: tuple[np.ndarray, np.ndarray] | None = None):
+                 weight: np.ndarray | None = None, seams: tuple[np.ndarray, np.ndarray] | None = None,
+                 light: Light | None = None, albedo: np.ndarray | None = None):
+        """``light`` / ``albedo`` (H, W, 3) in [0, 1], when given, replace the fitted light and the
+        guided-filter albedo by known ones: the benchmark's diagnostics (the sample's truth) measure
+        what each part of the energy costs."""
         self.cfg = cfg
         self.chart = chart
         device = torch.device(device)
@@ -287,14 +291,21 @@ class TexelObjective:
             local = masked_mean(chroma, wmap, box_kernel(max(1, int(round(cfg.mark_radius_mm / texel)))))
             wmap = wmap / (1.0 + ((chroma - local).norm(dim=0) / cfg.mark_tau) ** 2)
         self.wmap = wmap
-        self.light = fit_light(self.ct["normals"][valid], self.colours.mean(-1)[valid], cfg.light_model,
-                               cfg.light_order, cfg.light_iters)
-        # The light absorbs the albedo's overall scale (the fit is blind to it); choose it so that the
-        # albedo T / s fills [0, 1] (its 99.5th percentile channel is 1), as a texture's would.
-        with torch.no_grad():
-            s0 = self.light.shading(self.ct["normals"][valid]).clamp_min(1e-3)
-            top = torch.quantile((self.colours[valid] / s0[:, None]).amax(-1)[:200_000], 0.995)
-        self.light = Light(self.light.model, self.light.order, self.light.coeffs * float(top))
+        if light is not None:
+            self.light = light
+        else:
+            self.light = fit_light(self.ct["normals"][valid], self.colours.mean(-1)[valid], cfg.light_model,
+                                   cfg.light_order, cfg.light_iters)
+            # The light absorbs the albedo's overall scale (the fit is blind to it); choose it so that the
+            # albedo T / s fills [0, 1] (its 99.5th percentile channel is 1), as a texture's would.
+            with torch.no_grad():
+                s0 = self.light.shading(self.ct["normals"][valid]).clamp_min(1e-3)
+                top = torch.quantile((self.colours[valid] / s0[:, None]).amax(-1)[:200_000], 0.995)
+            self.light = Light(self.light.model, self.light.order, self.light.coeffs * float(top))
+        self.known_albedo = None
+        if albedo is not None:  # its log intensity: the data term is then Y - log s(n) - that, no filter
+            self.known_albedo = torch.log(torch.as_tensor(np.clip(albedo, LOG_FLOOR, 1.0), dtype=dt,
+                                                          device=device)).mean(-1)
         self.gf = GuidedFilter(guide, wmap, max(1, int(round(cfg.albedo_radius_mm / texel))), cfg.albedo_eps)
         self.gauss = gaussian_kernel(cfg.lowpass_sigma_mm / texel)
         self.fine = gaussian_kernel(cfg.finescale_sigma_texels)
@@ -312,7 +323,7 @@ class TexelObjective:
         cfg = self.cfg
         n = detailed_normals(self.ct, d)
         p = self.lum_log - torch.log(self.light.shading(n).clamp_min(1e-3))
-        r = p - self.gf.apply(p)
+        r = p - (self.gf.apply(p) if self.known_albedo is None else self.known_albedo)
         data = (torch.sqrt(r**2 + cfg.robust_scale**2) - cfg.robust_scale) * self.wmap
         e_data = data.sum() / self.n_valid
         low = masked_mean(d.unsqueeze(0), self.chart_w, self.gauss)[0]
@@ -376,17 +387,19 @@ def adam_step(objective: TexelObjective, grids: "DisplacementGrids", optimizer: 
 def fit_detail(chart: TexelChart, colours: np.ndarray, config: FitConfig | None = None,
                device: torch.device | str = "cpu", init_displacement: np.ndarray | None = None,
                seams: tuple[np.ndarray, np.ndarray] | None = None, callback=None,
-               weight: np.ndarray | None = None) -> DetailFit:
+               weight: np.ndarray | None = None, light: Light | None = None,
+               albedo: np.ndarray | None = None) -> DetailFit:
     """Fit D (and the light, and the albedo) to ``colours`` (H, W, 3) in [0, 1] on ``chart``.
 
     ``weight`` (H, W) optional per-texel data weight (default: the chart's valid texels).
     ``init_displacement`` (H, W) starts the solve there (the oracle-drift benchmark starts at the
-    truth). ``callback(step, displacement_tensor)`` is called every ``log_every`` steps.
+    truth). ``callback(step, displacement_tensor)`` is called every ``log_every`` steps. ``light`` and
+    ``albedo``: known ones instead of the fitted (see :class:`TexelObjective`; diagnostics only).
     """
     cfg = config or FitConfig()
     device = torch.device(device)
     t0 = time.perf_counter()
-    objective = TexelObjective(chart, colours, cfg, device, weight=weight, seams=seams)
+    objective = TexelObjective(chart, colours, cfg, device, weight=weight, seams=seams, light=light, albedo=albedo)
     init = None if init_displacement is None else torch.as_tensor(init_displacement, dtype=torch.float32,
                                                                       device=device)
     grids = DisplacementGrids(chart.size, fit_levels(cfg), cfg.max_displacement_mm, init).to(device)
