@@ -117,7 +117,7 @@ def test_hand_written_obj_all_forms(tmp_path):
     assert got.texture_path == sub / "my tex.png"
     assert np.array_equal(got.texture, texture)
     assert got.material_name == "skin"
-    assert got.extras["n_polygons"] == 3
+    assert got.n_polygons == 3
 
 
 def test_obj_face_forms_without_uv_and_colour_scales(tmp_path):

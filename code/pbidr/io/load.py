@@ -2,9 +2,12 @@
 
 The OBJ reader is our own and keeps the file's topology exactly: positions and texture
 coordinates keep separate indices (``face_uv``), nothing is merged, split or dropped, and
-polygons are fan-triangulated in file order. It is vectorised: per-line work is one Python
-branch; numbers are parsed in bulk by NumPy, and a slow line-by-line parser runs only to name the
-offending line when the bulk parse finds something malformed.
+polygons are fan-triangulated in file order. It works in three steps: ``_parse_obj`` reads and
+checks the text into an ``ObjParse``, ``_assemble_obj`` makes the mesh of it, and
+``_resolve_obj_texture`` finds the faces' texture through the MTL and loads it. It is
+vectorised: per-line work is one Python branch; numbers are parsed in bulk by NumPy, and a slow
+line-by-line parser runs only to name the offending line when the bulk parse finds something
+malformed.
 
 PLY and GLB/GLTF go through trimesh (``process=False``), whose UVs are per vertex
 (``face_uv = faces``).
@@ -16,6 +19,7 @@ what is wrong. Nothing is written anywhere.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,10 +81,10 @@ def load_mesh(path: str | Path) -> TexturedMesh:
     if suffix not in MESH_SUFFIXES:
         raise PbidrError(f"{path}: unknown mesh file type '{path.suffix}' (supported: {', '.join(MESH_SUFFIXES)})")
     if suffix == ".obj":
-        mesh = _load_obj(path)
+        mesh, why_no_texture = _load_obj(path)
     else:
-        mesh = _load_trimesh(path)
-    _validate(mesh, path)
+        mesh, why_no_texture = _load_trimesh(path), ""
+    _validate(mesh, path, why_no_texture)
     return mesh
 
 
@@ -320,14 +324,67 @@ def _scan_obj(text: str):
     return lines, np.flatnonzero(is_v), np.flatnonzero(is_vt), np.flatnonzero(is_f), usemtl, mtllibs
 
 
-def _load_obj(path: Path) -> TexturedMesh:
+@dataclass
+class ObjParse:
+    """What an OBJ file says about the one textured surface this pipeline reads: checked, indices
+    resolved to 0-based ones (OBJ's negative indices count back from their statement), polygons
+    fan-triangulated in file order. Normals (``vn``), groups, smoothing and other statements are
+    not read."""
+
+    positions: np.ndarray  # (V, 3) float64: x y z of the 'v' statements (a fourth value w dropped)
+    vertex_colors: np.ndarray | None  # (V, 3) uint8 when every 'v' also has r g b (0..1 or 0..255), else None
+    uv: np.ndarray | None  # (T, 2) float64: u v of the 'vt' statements (v = 0 where absent); None without any
+    faces: np.ndarray  # (F, 3) int64: position indices of the triangles
+    face_uv: np.ndarray | None  # (F, 3) int64: their 'vt' indices, -1 on polygons without; None when no polygon has any
+    face_polygon: np.ndarray  # (F,) int64: the polygon (index into polygon_lines) each triangle comes from
+    polygon_lines: np.ndarray  # (P,) int64: 0-based line of each 'f' statement (a continued line: its first)
+    polygon_has_uv: np.ndarray  # (P,) bool: the polygon's corners have texture coordinates (all or none do)
+    used_materials: list[str]  # sorted names of the materials the polygons use (the last 'usemtl' before each)
+    material_libraries: list[tuple[int, str]]  # (0-based line, file names as written) of each 'mtllib', in order
+
+    @property
+    def n_polygons(self) -> int:
+        """The number of ``f`` statements."""
+        return len(self.polygon_lines)
+
+
+def _load_obj(path: Path) -> tuple[TexturedMesh, str]:
+    """The OBJ at ``path`` as a mesh (parse, assemble, resolve the texture), and what the
+    "no texture and no vertex colours" message of ``_validate`` adds for it ("" when not needed)."""
+    parse = _parse_obj(path)
+    mesh = _assemble_obj(parse, path)
+    return mesh, _resolve_obj_texture(mesh, parse, path)
+
+
+def _parse_obj(path: Path) -> ObjParse:
+    """Read and check the OBJ at ``path``; anything malformed is a PbidrError naming its line."""
     lines, v_ln, vt_ln, f_ln, usemtl, mtllibs = _scan_obj(_read_text(path, "the OBJ file"))
     if not len(v_ln):
         raise PbidrError(f"{path}: empty mesh (no vertices)")
     if not len(f_ln):
         raise PbidrError(f"{path}: empty mesh (no faces; a point cloud cannot be used)")
+    positions, vertex_colors = _parse_vertices(lines, v_ln, path)
+    uv = _parse_uvs(lines, vt_ln, path)
+    n_vt = 0 if uv is None else len(uv)
+    corner_counts, pos, tex, polygon_has_uv = _parse_polygons(lines, f_ln, v_ln, vt_ln, len(positions), n_vt, path)
+    corner_idx, face_polygon = _fan_triangulate(corner_counts)
 
-    # Vertices: x y z [w] or x y z r g b [a].
+    # Materials: which one each face line uses (the last usemtl before it).
+    mtl_ln = np.asarray([ln for ln, _ in usemtl], np.int64)
+    mtl_names = [name for _, name in usemtl]
+    line_mat = np.searchsorted(mtl_ln, f_ln, side="right") - 1
+    used = sorted({mtl_names[i] for i in np.unique(line_mat) if i >= 0})
+
+    return ObjParse(
+        positions=positions, vertex_colors=vertex_colors, uv=uv,
+        faces=pos[corner_idx], face_uv=tex[corner_idx] if tex is not None else None, face_polygon=face_polygon,
+        polygon_lines=f_ln, polygon_has_uv=polygon_has_uv, used_materials=used, material_libraries=mtllibs,
+    )
+
+
+def _parse_vertices(lines: list[str], v_ln: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ``v`` statements ``lines[v_ln]`` (x y z [w] or x y z r g b [a]) -> positions (V, 3)
+    float64 and vertex colours (V, 3) uint8 or None."""
     flat, counts, starts = _parse_rows(lines, v_ln, "v", path)
     short = np.flatnonzero(counts < 3)
     if len(short):
@@ -343,25 +400,32 @@ def _load_obj(path: Path) -> TexturedMesh:
         scale = 1.0 if (rgb.size and np.nanmax(rgb) > 1.0) else 255.0
         with np.errstate(over="ignore", invalid="ignore"):  # 1e308 or inf in a colour: clipped below
             vertex_colors = np.clip(np.rint(np.nan_to_num(rgb, posinf=255.0, neginf=0.0) * scale), 0, 255).astype(np.uint8)
-    n_v = len(vertices)
+    return vertices, vertex_colors
 
-    # Texture coordinates: u [v [w]].
-    uv = None
-    if len(vt_ln):
-        flat_t, counts_t, starts_t = _parse_rows(lines, vt_ln, "vt", path)
-        empty = np.flatnonzero(counts_t < 1)
-        if len(empty):
-            raise PbidrError(f"{path}: line {vt_ln[empty[0]] + 1}: empty texture coordinate 'vt'")
-        if np.all(counts_t == 2):
-            uv = flat_t.reshape(-1, 2)
-        else:
-            uv = np.zeros((len(vt_ln), 2))
-            uv[:, 0] = flat_t[starts_t]
-            has_v = counts_t >= 2
-            uv[has_v, 1] = flat_t[starts_t[has_v] + 1]
-    n_vt = 0 if uv is None else len(uv)
 
-    # Faces: polygon corners, then fan triangulation (0, k, k + 1).
+def _parse_uvs(lines: list[str], vt_ln: np.ndarray, path: Path) -> np.ndarray | None:
+    """The ``vt`` statements ``lines[vt_ln]`` (u [v [w]]) -> (T, 2) float64, or None without any."""
+    if not len(vt_ln):
+        return None
+    flat_t, counts_t, starts_t = _parse_rows(lines, vt_ln, "vt", path)
+    empty = np.flatnonzero(counts_t < 1)
+    if len(empty):
+        raise PbidrError(f"{path}: line {vt_ln[empty[0]] + 1}: empty texture coordinate 'vt'")
+    if np.all(counts_t == 2):
+        return flat_t.reshape(-1, 2)
+    uv = np.zeros((len(vt_ln), 2))
+    uv[:, 0] = flat_t[starts_t]
+    has_v = counts_t >= 2
+    uv[has_v, 1] = flat_t[starts_t[has_v] + 1]
+    return uv
+
+
+def _parse_polygons(lines: list[str], f_ln: np.ndarray, v_ln: np.ndarray, vt_ln: np.ndarray, n_v: int, n_vt: int,
+                    path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """The ``f`` statements ``lines[f_ln]``, their indices checked against the ``n_v`` vertices and
+    ``n_vt`` texture coordinates. Returns corner counts (P,), position indices (K,) of the corners
+    (polygons one after another), their ``vt`` indices (K,) (-1 where absent) or None when no
+    polygon has any, and (P,) whether each polygon has texture coordinates."""
     corner_counts, pos_raw, tex_raw = _parse_faces(lines, f_ln, path)
     small = np.flatnonzero(corner_counts < 3)
     if len(small):
@@ -394,61 +458,74 @@ def _load_obj(path: Path) -> TexturedMesh:
                 f"{path}: line {f_ln[corner_line[k]] + 1}: texture coordinate index {tex_raw[k]} is out of range "
                 f"(the file has {n_vt} 'vt' coordinates)"
             )
+    return corner_counts, pos, tex, face_has_uv
 
+
+def _fan_triangulate(corner_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fan triangulation (0, k, k + 1) of polygons with ``corner_counts`` (P,) corners stored one
+    after another: (F, 3) indices into those corners, and (F,) the polygon of each triangle."""
     n_tri = corner_counts - 2
-    tri_line = np.repeat(np.arange(len(f_ln)), n_tri)
+    tri_line = np.repeat(np.arange(len(corner_counts)), n_tri)
     first = np.cumsum(corner_counts) - corner_counts
     k = np.arange(len(tri_line)) - np.repeat(np.cumsum(n_tri) - n_tri, n_tri) + 1
     base = first[tri_line]
-    corner_idx = np.stack([base, base + k, base + k + 1], axis=1)
-    faces = pos[corner_idx]
-    face_uv_all = tex[corner_idx] if tex is not None else None
+    return np.stack([base, base + k, base + k + 1], axis=1), tri_line
 
-    # Materials: which one each face line uses (the last usemtl before it).
-    mtl_ln = np.asarray([ln for ln, _ in usemtl], np.int64)
-    mtl_names = [name for _, name in usemtl]
-    line_mat = np.searchsorted(mtl_ln, f_ln, side="right") - 1
-    used = sorted({mtl_names[i] for i in np.unique(line_mat) if i >= 0})
 
+def _assemble_obj(parse: ObjParse, path: Path) -> TexturedMesh:
+    """The mesh of ``parse`` without its texture (``_resolve_obj_texture`` adds that)."""
+    return TexturedMesh(vertices=np.ascontiguousarray(parse.positions, dtype=np.float64),
+                        faces=parse.faces.astype(np.int64), vertex_colors=parse.vertex_colors, source=path,
+                        n_polygons=parse.n_polygons)
+
+
+def _resolve_obj_texture(mesh: TexturedMesh, parse: ObjParse, path: Path) -> str:
+    """Texture ``mesh`` with the material its faces use: read the MTL libraries, pick the single
+    texture, load its image (with no texture, keep the file's UV layout when every face has one).
+
+    Returns what the "no texture and no vertex colours" message of ``_validate`` adds for this
+    file ("" when there is nothing to add)."""
     materials: dict[str, Path | None] = {}
-    for ln, name in mtllibs:
+    for ln, name in parse.material_libraries:
         materials.update(_load_mtllib(path, ln, name))
-
-    mesh = TexturedMesh(vertices=np.ascontiguousarray(vertices, dtype=np.float64), faces=faces.astype(np.int64),
-                        vertex_colors=vertex_colors, source=path)
-    mesh.extras["n_polygons"] = len(f_ln)
-
-    texture_path, material_name = _pick_texture(path, materials, used)
+    texture_path, material_name = _pick_texture(path, materials, parse.used_materials)
     if material_name is not None:
         mesh.material_name = material_name
     if texture_path is not None:
-        tri_has_uv = face_has_uv[tri_line]
-        if not tri_has_uv.any():
-            if vertex_colors is None:
-                raise PbidrError(
-                    f"{path}: material '{material_name}' has texture {texture_path.name} but the faces have no "
-                    f"texture coordinates (expected 'f v/vt ...')"
-                )
-            mesh.extras["warnings"] = [f"texture {texture_path.name} ignored: faces have no texture coordinates; using vertex colours"]
-        else:
-            if not tri_has_uv.all():
-                line = f_ln[tri_line[np.flatnonzero(~tri_has_uv)[0]]]
-                raise PbidrError(f"{path}: line {line + 1}: face has no texture coordinates but the mesh is textured "
-                                 f"({int((~face_has_uv).sum())} faces without 'vt')")
-            mesh.texture = _read_texture(texture_path, path)
-            mesh.texture_path = texture_path
-            mesh.uv = np.ascontiguousarray(uv, dtype=np.float64)
-            mesh.face_uv = face_uv_all.astype(np.int64)
-    elif face_has_uv.all():
+        _attach_texture(mesh, parse, texture_path, material_name, path)
+    elif parse.polygon_has_uv.all():
         # No texture, but the UV layout is part of the user's mesh: keep it for the outputs.
-        mesh.uv = np.ascontiguousarray(uv, dtype=np.float64)
-        mesh.face_uv = face_uv_all.astype(np.int64)
-    if texture_path is None and vertex_colors is None:  # details for the error _validate raises
-        if not mtllibs:
-            mesh.extras["why_no_texture"] = " (no 'mtllib' statement, so no material or texture)"
-        elif material_name is not None:
-            mesh.extras["why_no_texture"] = f" (material '{material_name}' has no map_Kd texture)"
-    return mesh
+        mesh.uv = np.ascontiguousarray(parse.uv, dtype=np.float64)
+        mesh.face_uv = parse.face_uv.astype(np.int64)
+    if texture_path is None and parse.vertex_colors is None:
+        if not parse.material_libraries:
+            return " (no 'mtllib' statement, so no material or texture)"
+        if material_name is not None:
+            return f" (material '{material_name}' has no map_Kd texture)"
+    return ""
+
+
+def _attach_texture(mesh: TexturedMesh, parse: ObjParse, texture_path: Path, material_name: str | None,
+                    path: Path) -> None:
+    """Put the image at ``texture_path`` and the file's UVs on ``mesh``; when no face has texture
+    coordinates, vertex colours stand in (with a warning) if the file has them."""
+    tri_has_uv = parse.polygon_has_uv[parse.face_polygon]
+    if not tri_has_uv.any():
+        if parse.vertex_colors is None:
+            raise PbidrError(
+                f"{path}: material '{material_name}' has texture {texture_path.name} but the faces have no "
+                f"texture coordinates (expected 'f v/vt ...')"
+            )
+        mesh.load_warnings.append(f"texture {texture_path.name} ignored: faces have no texture coordinates; using vertex colours")
+        return
+    if not tri_has_uv.all():
+        line = parse.polygon_lines[parse.face_polygon[np.flatnonzero(~tri_has_uv)[0]]]
+        raise PbidrError(f"{path}: line {line + 1}: face has no texture coordinates but the mesh is textured "
+                         f"({int((~parse.polygon_has_uv).sum())} faces without 'vt')")
+    mesh.texture = _read_texture(texture_path, path)
+    mesh.texture_path = texture_path
+    mesh.uv = np.ascontiguousarray(parse.uv, dtype=np.float64)
+    mesh.face_uv = parse.face_uv.astype(np.int64)
 
 
 def _pick_texture(path: Path, materials: dict[str, Path | None], used: list[str]) -> tuple[Path | None, str | None]:
@@ -723,7 +800,8 @@ def _trimesh_vertex_colors(part) -> np.ndarray | None:
 # Validation shared by all formats
 # --------------------------------------------------------------------------------------------
 
-def _validate(mesh: TexturedMesh, path: Path) -> None:
+def _validate(mesh: TexturedMesh, path: Path, why_no_texture: str) -> None:
+    """``why_no_texture``: added to the message for a mesh with neither texture nor vertex colours."""
     v, f = mesh.vertices, mesh.faces
     if len(v) == 0:
         raise PbidrError(f"{path}: empty mesh (no vertices)")
@@ -753,8 +831,7 @@ def _validate(mesh: TexturedMesh, path: Path) -> None:
         if mesh.texture.ndim != 3 or mesh.texture.shape[0] == 0 or mesh.texture.shape[1] == 0:
             raise PbidrError(f"{path}: texture image has an unusable shape {mesh.texture.shape}")
     elif mesh.vertex_colors is None:
-        what = mesh.extras.get("why_no_texture", "")
-        raise PbidrError(f"{path}: the mesh has no texture and no vertex colours{what}; "
+        raise PbidrError(f"{path}: the mesh has no texture and no vertex colours{why_no_texture}; "
                          f"a textured mesh (OBJ+MTL+image, GLB) or a vertex-coloured one is needed")
     elif len(mesh.vertex_colors) != len(v):
         raise PbidrError(f"{path}: {len(mesh.vertex_colors)} vertex colours for {len(v)} vertices")

@@ -19,7 +19,10 @@ class TexturedMesh:
     """vertices (V, 3) float64 in the file's units; faces (F, 3) int64;
     uv (T, 2) float64 in OBJ convention (v = 0 is the image bottom) and face_uv (F, 3) int64, or None;
     texture (H, W, 3) uint8 RGB or None; vertex_colors (V, 3) uint8 or None.
-    ``source`` is the file it came from, ``texture_path`` the texture image's file (if any)."""
+    ``source`` is the file it came from, ``texture_path`` the texture image's file (if any).
+    ``n_polygons``: the file's polygons before fan triangulation (OBJ ``f`` statements; None when
+    the reader does not count them); ``load_warnings``: what the reader noticed about the file
+    without failing, for the user to see."""
 
     vertices: np.ndarray
     faces: np.ndarray
@@ -30,7 +33,8 @@ class TexturedMesh:
     source: Path | None = None
     texture_path: Path | None = None
     material_name: str = "material0"
-    extras: dict = field(default_factory=dict)
+    n_polygons: int | None = None
+    load_warnings: list[str] = field(default_factory=list)
 
     @property
     def has_texture(self) -> bool:

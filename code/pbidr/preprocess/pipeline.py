@@ -52,7 +52,7 @@ def preprocess(
     check_output(output, "preprocess", overwrite)
     mesh_path = find_mesh_in_dir(raw)
     mesh = load_mesh(mesh_path)
-    warnings = list(mesh.extras.get("warnings", []))
+    warnings = list(mesh.load_warnings)
     height = face_height(mesh.vertices, rig.up)
     if units is None and (note := units_warning(height)):
         warnings.append(note)
