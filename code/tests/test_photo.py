@@ -16,14 +16,8 @@ from scipy.spatial import Delaunay
 
 from pbidr import cli
 from pbidr.errors import PbidrError
-from pbidr.photo.face_mesh import (
-    N_LANDMARKS,
-    add_photo_parser,
-    search_windows,
-    signed_areas,
-    triangles_from_edges,
-    untangle,
-)
+from pbidr.geometry.triangulation import signed_areas, triangles_from_edges, untangle
+from pbidr.photo.face_mesh import N_LANDMARKS, add_photo_parser, search_windows
 from pbidr.utils.images import read_image, write_png
 
 
