@@ -597,7 +597,7 @@ def _render_views(model, data, load_idx, eval_views, train_views, device, render
                                     caster=caster, vertex_normals=normals)
     else:
         from pbidr.datasets.scan import CoarseMesh
-        from pbidr.evaluation.render import render_camera
+        from pbidr.model.render import render_camera
 
         coarse = CoarseMesh(data.mesh, data.scale_mat)
 

@@ -40,8 +40,8 @@ from pyhocon import ConfigFactory, ConfigTree
 from pbidr import __version__
 from pbidr.datasets.scan import RaySampler, ScanData, load_scan, resize_camera
 from pbidr.errors import PbidrError
-from pbidr.evaluation.render import batch_to_device, render_camera
 from pbidr.model.pbidr_model import PBIDRModel
+from pbidr.model.render import batch_to_device, render_camera
 from pbidr.training.checkpoints import (CHECKPOINT_DIR, checkpoint_path, checksum_path, is_run_dir,
                                         latest_good_checkpoint, write_checkpoint)
 from pbidr.training.conf import conf_to_text, load_conf, parse_conf
