@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pbidr.training.checkpoints import available_steps, checkpoint_path, load_checkpoint, load_run
 from pbidr.utils.atomic import write_json, write_text
 from pbidr.utils.plot import line_chart
 
@@ -85,7 +86,7 @@ def score_checkpoint(exp_dir: Path, step: int | str, sample_dir: Path, out_obj: 
 
     from pbidr.datasets.scan import load_scan
     from pbidr.evaluation.displacement import displace_along_normals
-    from pbidr.evaluation.run_eval import load_run, prepare_model, world_sdf
+    from pbidr.evaluation.run_eval import prepare_model, world_sdf
     from pbidr.evaluation.score import score_mesh
     from pbidr.io.obj import write_obj
 
@@ -104,9 +105,6 @@ def score_checkpoint(exp_dir: Path, step: int | str, sample_dir: Path, out_obj: 
 def run_job(exp: Path, sample: Path, steps: list[int], train_cmd: list[str]) -> dict:
     """One run: train (a subprocess), then score its checkpoints at ``steps`` (those it reached)
     and its last one; the entry is also written to ``exp/quality_entry.json``."""
-    from pbidr.evaluation.run_eval import available_steps
-    from pbidr.training.trainer import checkpoint_path, load_checkpoint
-
     t0 = time.perf_counter()
     proc = subprocess.run(train_cmd)
     entry: dict = {"train_wall_s": time.perf_counter() - t0, "returncode": proc.returncode}

@@ -18,8 +18,8 @@ from pbidr.io.load import load_mesh
 from pbidr.io.mesh import TexturedMesh
 from pbidr.preprocess.pipeline import preprocess
 from pbidr.preprocess.sample import make_sample
+from pbidr.training.checkpoints import write_checkpoint
 from pbidr.training.conf import conf_to_text, parse_conf
-from pbidr.training.trainer import write_checkpoint
 
 TINY = """
 train { batch_size = 128, iters = 20, plot_freq = 0, plot_res = 32, checkpoint_freq = 10, learning_rate = 5.0e-4 }

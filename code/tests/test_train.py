@@ -10,7 +10,7 @@ from pbidr.cli import main
 from pbidr.preprocess.pipeline import preprocess
 from pbidr.geometry.cameras import Rig
 from pbidr.preprocess.sample import make_sample
-from pbidr.evaluation.render import render_camera
+from pbidr.model.render import render_camera
 from pbidr.training.trainer import Trainer
 
 TINY = """

@@ -19,6 +19,7 @@ from pbidr.batch.state import SCORE_FILE, STAGES, SubjectPaths, now, read_status
 from pbidr.batch.subjects import Subject
 from pbidr.errors import PbidrError
 from pbidr.geometry.cameras import DEFAULT_MARGIN, Rig
+from pbidr.training.checkpoints import checkpoint_path, is_run_dir
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def _preprocess(subject: Subject, sp: SubjectPaths, settings: BatchSettings, ups
 
 
 def _train(subject: Subject, sp: SubjectPaths, settings: BatchSettings, upstream_fresh: bool) -> dict:
-    from pbidr.training.trainer import Trainer, checkpoint_path, is_run_dir
+    from pbidr.training.trainer import Trainer
     from pbidr.utils.device import pick_device
 
     resume = False

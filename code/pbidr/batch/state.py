@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pbidr.training.checkpoints import checkpoint_path
 from pbidr.utils.atomic import write_json
 
 STAGES = ("preprocess", "train", "eval")
@@ -107,8 +108,6 @@ def stage_complete(sp: SubjectPaths, stage: str, status: dict[str, Any], has_gro
         return (isinstance(n, int) and n > 0 and (sp.scan / "cameras.npz").is_file()
                 and _count(sp.scan / "image", "*.png") == n and _count(sp.scan / "mask", "*.png") == n)
     if stage == "train":
-        from pbidr.training.trainer import checkpoint_path
-
         info = _json(sp.run / "run.json")
         step = record.get("step")
         return (info is not None and isinstance(step, int) and info.get("total_steps") == step

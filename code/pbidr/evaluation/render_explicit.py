@@ -13,7 +13,7 @@ is a callable, so any model kind that can colour a surface point plugs in::
 ``bary`` the hit triangle and its weights, for attributes on the mesh's topology (such as the coarse
 normal, see :class:`PBIDRShading`). All in the cameras' (normalised) frame.
 
-``--renderer sdf`` (pbidr.evaluation.render.render_camera) keeps the sphere-traced renders of the
+``--renderer sdf`` (pbidr.model.render.render_camera) keeps the sphere-traced renders of the
 paper for reproduction.
 """
 
@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from pbidr.errors import PbidrError
-from pbidr.evaluation.render import ViewRender
 from pbidr.geometry.cameras import Camera, pixel_rays
 from pbidr.geometry.raycast import MeshRayCaster
 from pbidr.io.mesh import TexturedMesh
+from pbidr.model.render import ViewRender
 
 ShadeFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], dict]
 SHADE_KEYS = ("rgb", "diffuse", "specular", "albedo")

@@ -44,9 +44,10 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from pbidr.errors import PbidrError
+from pbidr.training.checkpoints import load_run
 
-# torch, scipy, skimage and cv2 are imported where they are used, so that `pbidr --help` (which
-# builds this subcommand's parser) stays instant.
+# scipy, skimage and cv2 are imported where they are used, so that `pbidr --help` (which builds this
+# subcommand's parser) stays instant; torch comes in with the checkpoint module (pbidr.training.checkpoints).
 if TYPE_CHECKING:
     import torch
 
@@ -319,87 +320,7 @@ def frontal_view(scan_dir: Path, n_views: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-# Loading a run
-
-
-@dataclass
-class LoadedRun:
-    exp_dir: Path
-    checkpoint: Path
-    step: int
-    model: "torch.nn.Module"
-    conf: Any
-    scan_dir: Path
-
-
-def available_steps(exp_dir: Path) -> list[int]:
-    from pbidr.training.trainer import CHECKPOINT_DIR
-
-    steps = []
-    for p in (Path(exp_dir) / CHECKPOINT_DIR).glob("step_*.pt"):
-        try:
-            steps.append(int(p.stem.split("_", 1)[1]))
-        except ValueError:
-            continue
-    return sorted(steps)
-
-
-def resolve_checkpoint(exp_dir: Path, which: str | int = "latest") -> Path:
-    """The checkpoint file for ``which`` (``latest`` or a step); one-line errors naming what exists."""
-    from pbidr.training.trainer import CHECKPOINT_DIR, checkpoint_path
-
-    exp_dir = Path(exp_dir)
-    if not exp_dir.is_dir():
-        raise PbidrError(f"{exp_dir}: run directory not found")
-    which = str(which).strip().lower() if which is not None else "latest"
-    if which != "latest":
-        try:
-            step = int(which)
-        except ValueError:
-            raise PbidrError(f"--checkpoint {which}: expected 'latest' or a step number") from None
-        path = checkpoint_path(exp_dir, step)
-        if not path.is_file():
-            steps = available_steps(exp_dir)
-            have = ", ".join(str(s) for s in steps) if steps else "none"
-            raise PbidrError(f"{path}: checkpoint of step {step} not found (available steps: {have}; or 'latest')")
-        return path
-    path = checkpoint_path(exp_dir)
-    if not path.is_file():
-        steps = available_steps(exp_dir)
-        if steps:
-            raise PbidrError(f"{path}: not found; numbered checkpoints exist (steps "
-                             f"{', '.join(map(str, steps))}): pass --checkpoint STEP")
-        where = exp_dir / CHECKPOINT_DIR
-        raise PbidrError(f"{where}: no checkpoint in the run (train it first: pbidr train --exp-dir {exp_dir})")
-    return path
-
-
-def load_run(exp_dir: str | Path, checkpoint: str | int = "latest", scan_dir: str | Path | None = None) -> LoadedRun:
-    """The model of one checkpoint (on the CPU) with its conf, and the run's scan directory."""
-    from pbidr.training.trainer import load_checkpoint, model_from_checkpoint
-
-    exp_dir = Path(exp_dir)
-    path = resolve_checkpoint(exp_dir, checkpoint)
-    if scan_dir is None:
-        info_path = exp_dir / "run.json"
-        try:
-            info = json.loads(info_path.read_text())
-            scan_dir = info["scan_dir"]
-        except FileNotFoundError:
-            raise PbidrError(f"{info_path}: missing, so the run's scan directory is unknown (pass --data)") from None
-        except (ValueError, KeyError, TypeError):
-            raise PbidrError(f"{info_path}: unreadable or has no 'scan_dir' (pass --data)") from None
-        scan_dir = Path(scan_dir)
-        if not scan_dir.is_dir():
-            raise PbidrError(f"{scan_dir}: the run's scan directory (from {info_path}) is missing "
-                             "(re-run preprocess, or pass --data)")
-    scan_dir = Path(scan_dir)
-    if not scan_dir.is_dir():
-        raise PbidrError(f"{scan_dir}: scan directory not found")
-    ckpt = load_checkpoint(path)
-    model, conf = model_from_checkpoint(ckpt, path)
-    return LoadedRun(exp_dir=exp_dir, checkpoint=path, step=int(ckpt["step"]), model=model, conf=conf,
-                     scan_dir=scan_dir)
+# Views
 
 
 def default_views(scan_dir: Path, n_views: int) -> list[int]:
@@ -676,7 +597,7 @@ def _render_views(model, data, load_idx, eval_views, train_views, device, render
                                     caster=caster, vertex_normals=normals)
     else:
         from pbidr.datasets.scan import CoarseMesh
-        from pbidr.evaluation.render import render_camera
+        from pbidr.model.render import render_camera
 
         coarse = CoarseMesh(data.mesh, data.scale_mat)
 

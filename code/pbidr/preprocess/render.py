@@ -8,8 +8,6 @@ without its version pitfalls. The mask is the renderer's coverage.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from pbidr.errors import PbidrError
@@ -17,19 +15,10 @@ from pbidr.geometry.cameras import Camera, pixel_rays, to_normalised
 from pbidr.geometry.raycast import Hits, MeshRayCaster
 from pbidr.io.load import sample_texture_bilinear
 from pbidr.io.mesh import TexturedMesh
+from pbidr.preprocess.render_pytorch3d import PyTorch3DRenderer
+from pbidr.preprocess.render_result import RenderResult
 
 RENDERERS = ("embree", "pytorch3d")
-
-
-@dataclass
-class RenderResult:
-    """One view. rgb (H, W, 3) uint8 (white background); mask (H, W) bool coverage;
-    face (H, W) int64 first-hit triangle or -1; depth (H, W) ray distance (inf on background)."""
-
-    rgb: np.ndarray
-    mask: np.ndarray
-    face: np.ndarray
-    depth: np.ndarray
 
 
 def surface_colors(mesh: TexturedMesh, hits: Hits) -> np.ndarray:
@@ -78,7 +67,5 @@ def make_renderer(name: str, mesh: TexturedMesh, scale_mat: np.ndarray, device: 
     if name == "embree":
         return EmbreeRenderer(mesh, scale_mat)
     if name == "pytorch3d":
-        from pbidr.preprocess.render_pytorch3d import PyTorch3DRenderer
-
         return PyTorch3DRenderer(mesh, scale_mat, device=device)
     raise PbidrError(f"--renderer {name}: unknown renderer (choose from {', '.join(RENDERERS)})")

@@ -11,7 +11,7 @@ import numpy as np
 from pbidr.errors import PbidrError
 from pbidr.geometry.cameras import Camera, to_normalised
 from pbidr.io.mesh import TexturedMesh
-from pbidr.preprocess.render import RenderResult
+from pbidr.preprocess.render_result import RenderResult
 
 
 def _import_pytorch3d():

@@ -40,20 +40,19 @@ from pyhocon import ConfigFactory, ConfigTree
 from pbidr import __version__
 from pbidr.datasets.scan import RaySampler, ScanData, load_scan, resize_camera
 from pbidr.errors import PbidrError
-from pbidr.evaluation.render import batch_to_device, render_camera
 from pbidr.model.pbidr_model import PBIDRModel
+from pbidr.model.render import batch_to_device, render_camera
+from pbidr.training.checkpoints import (CHECKPOINT_DIR, checkpoint_path, checksum_path, is_run_dir,
+                                        latest_good_checkpoint, write_checkpoint)
 from pbidr.training.conf import conf_to_text, load_conf, parse_conf
 from pbidr.training.losses import LossTerms, PBIDRLoss
-from pbidr.utils.atomic import atomic_path, file_sha256, write_json, write_text
+from pbidr.utils.atomic import write_json, write_text
 from pbidr.utils.images import contact_sheet, write_png
 from pbidr.utils.lock import PidLock, lock_owner
-from pbidr.utils.outputs import check_output, output_stage, write_marker
+from pbidr.utils.outputs import check_output, write_marker
 from pbidr.utils.progress import progress_bar
 
-CHECKPOINT_DIR = "checkpoints"
-LATEST = "latest.pt"
 LOCK = ".lock"
-CHECKSUM_SUFFIX = ".sha256"
 # The first steps timed for the run-time estimate (the very first one, warming caches, is left out),
 # and the projected time above which the estimate is printed.
 ESTIMATE_STEPS = 5
@@ -86,7 +85,7 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------------
-# Checkpoints
+# Optimiser and training state (the checkpoint files: pbidr.training.checkpoints)
 
 
 @dataclass
@@ -101,77 +100,6 @@ class TexelTerms:
 
     def as_floats(self) -> dict[str, float]:
         return dict(self.terms)
-
-
-def checkpoint_path(exp_dir: Path, which: str | int = "latest") -> Path:
-    ckpt_dir = Path(exp_dir) / CHECKPOINT_DIR
-    if which in ("latest", None):
-        return ckpt_dir / LATEST
-    return ckpt_dir / f"step_{int(which):07d}.pt"
-
-
-def checksum_path(path: Path) -> Path:
-    return path.with_name(path.name + CHECKSUM_SUFFIX)
-
-
-def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save under a temporary name, its SHA-256 beside it, then rename into place."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-        write_text(checksum_path(path), file_sha256(tmp) + "\n")
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint on the CPU; one-line error when it is missing or corrupt (the checksum
-    beside it, when there is one, must match)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PbidrError(f"{path}: checkpoint not found")
-    sidecar = checksum_path(path)
-    if sidecar.is_file():
-        want = sidecar.read_text().strip()
-        if want and file_sha256(path) != want:
-            raise PbidrError(f"{path}: corrupt checkpoint (its SHA-256 differs from {sidecar.name})")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a truncated or foreign file
-        raise PbidrError(f"{path}: corrupt or unreadable checkpoint ({exc.__class__.__name__})") from None
-    for key in ("step", "model", "conf"):
-        if not isinstance(ckpt, dict) or key not in ckpt:
-            raise PbidrError(f"{path}: not a pbidr checkpoint (no '{key}')")
-    return ckpt
-
-
-def latest_good_checkpoint(exp_dir: Path, warn=None) -> tuple[dict[str, Any], Path] | None:
-    """The newest checkpoint of the run that loads: latest.pt, else the numbered ones, newest first
-    (each skipped one is reported through ``warn``). None when the run has no checkpoint at all."""
-    ckpt_dir = Path(exp_dir) / CHECKPOINT_DIR
-    candidates = [p for p in [ckpt_dir / LATEST, *sorted(ckpt_dir.glob("step_*.pt"), reverse=True)] if p.is_file()]
-    errors = []
-    for path in candidates:
-        try:
-            ckpt = load_checkpoint(path)
-        except PbidrError as err:
-            errors.append(str(err))
-            continue
-        for e in errors:
-            if warn is not None:
-                warn(f"{e}; using {path.name} (step {int(ckpt['step'])}) instead")
-        return ckpt, path
-    if errors:
-        raise PbidrError(errors[0] + ("; no earlier checkpoint is readable either" if len(errors) > 1 else ""))
-    return None
-
-
-def model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> tuple[PBIDRModel, ConfigTree]:
-    conf = parse_conf(ckpt["conf"], str(path))
-    model = PBIDRModel(conf.get_config("model"))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise PbidrError(f"{path}: checkpoint does not match its conf's network shapes "
-                         f"({str(exc).splitlines()[0]})") from None
-    return model, conf
 
 
 def make_optimizer(model: PBIDRModel, tc: ConfigTree, epoch_len: int):
@@ -215,11 +143,6 @@ def _set_rng_state(state: dict[str, Any], rng: np.random.Generator) -> None:
 
 # ------------------------------------------------------------------------------------------------
 # The run
-
-
-def is_run_dir(exp_dir: Path) -> bool:
-    return ((exp_dir / "run.conf").exists() or (exp_dir / CHECKPOINT_DIR).exists()
-            or (exp_dir.is_dir() and output_stage(exp_dir) == "train"))
 
 
 def _warn(text: str, kind: str = "warning") -> None:
