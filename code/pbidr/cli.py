@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pbidr import __version__
 from pbidr.errors import PbidrError
-from pbidr.utils.args import (OneLineParser, add_device_arg, finite_float, nonneg_int, positive_int)
+from pbidr.commands.args import (OneLineParser, add_device_arg, finite_float, nonneg_int, positive_int)
 
 
 def _vec3(text: str) -> tuple[float, float, float]:

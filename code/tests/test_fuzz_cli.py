@@ -26,7 +26,7 @@ from pbidr.preprocess.pipeline import preprocess
 from pbidr.preprocess.sample import make_sample
 from pbidr.training.conf import _FLOAT_KEYS, _defaults_tree
 from pbidr.training.trainer import Trainer
-from pbidr.utils import args as argtypes
+from pbidr.commands import args as argtypes
 
 SEED = 16
 

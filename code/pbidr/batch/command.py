@@ -23,7 +23,7 @@ def _stages(text: str) -> tuple[str, ...]:
 def add_batch_parser(subparsers) -> argparse.ArgumentParser:
     from pbidr.cli import add_rig_args
     from pbidr.training.conf import add_conf_args
-    from pbidr.utils.args import nonneg_float, nonneg_int, positive_int, views_arg
+    from pbidr.commands.args import nonneg_float, nonneg_int, positive_int, views_arg
 
     p = subparsers.add_parser(
         "batch", help="many subjects through preprocess, train and eval; resumable; locally or on Ray",

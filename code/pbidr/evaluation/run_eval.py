@@ -724,7 +724,7 @@ def _mean(values: list[float]) -> float | None:
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
-    from pbidr.utils.args import checkpoint_arg, nonneg_float, positive_float, positive_int, views_arg
+    from pbidr.commands.args import checkpoint_arg, nonneg_float, positive_float, positive_int, views_arg
 
     p = subparsers.add_parser(
         "eval", help="detailed meshes, marching cubes, UV maps, renders and metrics of a trained run",

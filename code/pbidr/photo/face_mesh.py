@@ -653,7 +653,7 @@ def cmd_photo(args: argparse.Namespace) -> int:
 
 
 def add_photo_parser(subparsers) -> argparse.ArgumentParser:
-    from pbidr.utils.args import finite_float as _finite_float, nonneg_int as _nonneg_int
+    from pbidr.commands.args import finite_float as _finite_float, nonneg_int as _nonneg_int
 
     p = subparsers.add_parser(
         "photo", help="a textured coarse face mesh from one photo (MediaPipe face mesh; optional extra)",
