@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pbidr import __version__, cli
+from pbidr import __version__
 from pbidr.batch.stages import parse_overrides
+from pbidr.commands import main as cli
 from pbidr.errors import PbidrError
 from pbidr.geometry.cameras import Rig
 from pbidr.io.load import load_mesh

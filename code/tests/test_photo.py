@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy.spatial import Delaunay
 
-from pbidr import cli
+from pbidr.commands import main as cli
 from pbidr.errors import PbidrError
 from pbidr.photo.face_mesh import (
     N_LANDMARKS,
@@ -29,7 +29,7 @@ from pbidr.utils.images import read_image, write_png
 
 def _main(argv: list[str]) -> int:
     """`pbidr photo` through the real CLI once it has the subcommand, else through a stand-in
-    parser that handles errors as ``pbidr.cli.main`` does."""
+    parser that handles errors as ``pbidr.commands.main.main`` does."""
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     if "photo" in commands:

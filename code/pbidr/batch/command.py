@@ -21,7 +21,7 @@ def _stages(text: str) -> tuple[str, ...]:
 
 
 def add_batch_parser(subparsers) -> argparse.ArgumentParser:
-    from pbidr.cli import add_rig_args
+    from pbidr.commands.rig import add_rig_args
     from pbidr.training.conf import add_conf_args
     from pbidr.commands.args import nonneg_float, nonneg_int, positive_int, views_arg
 
@@ -68,7 +68,8 @@ def add_batch_parser(subparsers) -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace):
     from pbidr.batch.stages import BatchSettings
-    from pbidr.cli import rig_from_args, train_overrides
+    from pbidr.commands.conf import train_overrides
+    from pbidr.commands.rig import rig_from_args
     from pbidr.training.conf import load_conf, resolve_conf
 
     overrides, labels = train_overrides(args)  # --iters and --set of one key is an error, as in pbidr train
