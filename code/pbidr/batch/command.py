@@ -22,7 +22,7 @@ def _stages(text: str) -> tuple[str, ...]:
 
 def add_batch_parser(subparsers) -> argparse.ArgumentParser:
     from pbidr.commands.rig import add_rig_args
-    from pbidr.training.conf import add_conf_args
+    from pbidr.commands.conf import add_conf_args
     from pbidr.commands.args import nonneg_float, nonneg_int, positive_int, views_arg
 
     p = subparsers.add_parser(

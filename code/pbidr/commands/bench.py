@@ -8,8 +8,8 @@ from pathlib import Path
 from pbidr.commands.args import positive_int
 from pbidr.errors import PbidrError
 
-# pbidr.bench is imported in cmd_bench, when the command runs: building the parser (every call,
-# `pbidr --help` too) must not import it.
+# The handler imports the stage's implementation when the command runs: building the parser (every
+# call, `pbidr --help` too) needs only the flags, and stays light.
 
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:

@@ -1,12 +1,23 @@
-"""The conf arguments shared by ``pbidr train`` and ``pbidr batch``: the overrides that ``--iters``,
-``--nepoch``, ``--seed`` and ``--set`` make (the conf itself is loaded by :mod:`pbidr.training.conf`)."""
+"""The conf arguments shared by ``pbidr train`` and ``pbidr batch``: ``--conf`` / ``--preset``, and the
+overrides that ``--iters``, ``--nepoch``, ``--seed`` and ``--set`` make (the conf itself is loaded by
+:mod:`pbidr.training.conf`)."""
 
 from __future__ import annotations
 
 import argparse
 
 from pbidr.errors import PbidrError
-from pbidr.training.conf import parse_set
+from pbidr.training.conf import PRESET_HELP, PRESETS, parse_set
+
+
+def add_conf_args(parser, what: str = "") -> None:
+    """``--conf FILE | --preset NAME`` (one of them) on an argparse parser; ``what`` qualifies the conf
+    in the help ("train " for batch)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--conf", default=None, metavar="FILE",
+                       help=f"HOCON conf{' for ' + what.strip() if what else ''} (default: --preset detail = "
+                            "confs/fast.conf; the paper's settings: --preset paper or --conf confs/test.conf)")
+    group.add_argument("--preset", choices=list(PRESETS), default=None, help=f"a named {what}conf: {PRESET_HELP}")
 
 
 def train_overrides(args: argparse.Namespace) -> tuple[dict, dict]:

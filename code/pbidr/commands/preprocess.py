@@ -8,8 +8,8 @@ from pathlib import Path
 from pbidr.commands.args import add_device_arg, add_overwrite_arg
 from pbidr.commands.rig import add_rig_args, rig_from_args
 
-# The stage's own modules are imported in cmd_preprocess, when the command runs: building the parser
-# (every call, `pbidr --help` too) must not import the renderers.
+# The handler imports the stage's implementation when the command runs: building the parser (every
+# call, `pbidr --help` too) needs only the flags, and stays light.
 
 
 def add_preprocess_parser(subparsers) -> argparse.ArgumentParser:

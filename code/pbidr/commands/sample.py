@@ -7,8 +7,8 @@ from pathlib import Path
 
 from pbidr.commands.args import add_device_arg, add_overwrite_arg, nonneg_int
 
-# The stage's own modules are imported in cmd_sample, when the command runs: building the parser
-# (every call, `pbidr --help` too) must not import them.
+# The handler imports the stage's implementation when the command runs: building the parser (every
+# call, `pbidr --help` too) needs only the flags, and stays light.
 
 
 def add_sample_parser(subparsers) -> argparse.ArgumentParser:

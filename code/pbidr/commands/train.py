@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 
 from pbidr.commands.args import add_device_arg, nonneg_int, positive_int
-from pbidr.commands.conf import train_overrides
-from pbidr.training.conf import add_conf_args
+from pbidr.commands.conf import add_conf_args, train_overrides
 
-# The trainer (torch) is imported in cmd_train, when the command runs: building the parser (every
-# call, `pbidr --help` too) must not import it.
+# The handler imports the stage's implementation when the command runs: building the parser (every
+# call, `pbidr --help` too) needs only the flags, and stays light.
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
