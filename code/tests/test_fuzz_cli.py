@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pbidr.batch.command import _stages
 from pbidr.commands import args as argtypes
 from pbidr.commands import main as cli, rig
+from pbidr.commands.batch import _stages
 from pbidr.geometry.cameras import Rig
 from pbidr.preprocess.pipeline import preprocess
 from pbidr.preprocess.sample import make_sample

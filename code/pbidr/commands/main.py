@@ -7,6 +7,7 @@ import sys
 
 from pbidr import __version__
 from pbidr.commands.args import OneLineParser
+from pbidr.commands.batch import add_batch_parser
 from pbidr.commands.bench import add_bench_parser
 from pbidr.commands.preprocess import add_preprocess_parser
 from pbidr.commands.sample import add_sample_parser
@@ -29,8 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
     from pbidr.photo.face_mesh import add_photo_parser
 
     add_photo_parser(sub)
-    from pbidr.batch.command import add_batch_parser
-
     add_batch_parser(sub)
     add_bench_parser(sub)
     return parser

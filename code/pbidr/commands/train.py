@@ -6,6 +6,7 @@ import argparse
 
 from pbidr.commands.args import add_device_arg, nonneg_int, positive_int
 from pbidr.commands.conf import add_conf_args, train_overrides
+from pbidr.training.conf import load_conf, resolve_conf
 
 # The handler imports the stage's implementation when the command runs: building the parser (every
 # call, `pbidr --help` too) needs only the flags, and stays light.
@@ -42,7 +43,6 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pbidr.training.conf import load_conf, resolve_conf
     from pbidr.training.trainer import Trainer
     from pbidr.utils.device import pick_device
 
