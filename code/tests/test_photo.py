@@ -15,10 +15,10 @@ import pytest
 from scipy.spatial import Delaunay
 
 from pbidr.commands import main as cli
+from pbidr.commands.photo import add_photo_parser
 from pbidr.errors import PbidrError
 from pbidr.photo.face_mesh import (
     N_LANDMARKS,
-    add_photo_parser,
     search_windows,
     signed_areas,
     triangles_from_edges,

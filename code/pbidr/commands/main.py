@@ -9,8 +9,11 @@ from pbidr import __version__
 from pbidr.commands.args import OneLineParser
 from pbidr.commands.batch import add_batch_parser
 from pbidr.commands.bench import add_bench_parser
+from pbidr.commands.eval import add_eval_parser
+from pbidr.commands.photo import add_photo_parser
 from pbidr.commands.preprocess import add_preprocess_parser
 from pbidr.commands.sample import add_sample_parser
+from pbidr.commands.score import add_score_parser
 from pbidr.commands.train import add_train_parser
 from pbidr.errors import PbidrError
 
@@ -19,16 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="pbidr", description=__doc__)
     parser.add_argument("--version", action="version", version=f"pbidr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # in the order that --help and the invalid-choice error list them
     add_sample_parser(sub)
     add_preprocess_parser(sub)
     add_train_parser(sub)
-    from pbidr.evaluation.run_eval import add_eval_parser
-    from pbidr.evaluation.score import add_score_parser
-
     add_eval_parser(sub)
     add_score_parser(sub)
-    from pbidr.photo.face_mesh import add_photo_parser
-
     add_photo_parser(sub)
     add_batch_parser(sub)
     add_bench_parser(sub)
