@@ -10,7 +10,7 @@
 for a in "$@"; do case "$a" in -h|--help)
     sed -n '2,8p' "$0"
     VENV_PY="${PBIDR_VENV:-$(cd "$(dirname "$0")/.." && pwd)/.venv}/bin/python"
-    if [ -x "$VENV_PY" ]; then echo; "$VENV_PY" -m pbidr.cli preprocess --help
+    if [ -x "$VENV_PY" ]; then echo; "$VENV_PY" -m pbidr.commands preprocess --help
     else echo "(the flags of pbidr preprocess: pbidr preprocess --help, once .venv is set up)"; fi
     exit 0 ;; esac; done
 source "$(dirname "$0")/_env.sh"

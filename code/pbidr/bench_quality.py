@@ -136,7 +136,7 @@ def run_quality(out: Path, seeds: list[int], variants: list[str], iters: int, cu
             exp = out / "runs" / f"{variant}_seed{seed}"
             if exp.exists():
                 shutil.rmtree(exp)  # this benchmark's own run folder
-            train = [sys.executable, "-m", "pbidr.cli", "train", "--data", str(scans[seed][1]), "--exp-dir", str(exp),
+            train = [sys.executable, "-m", "pbidr.commands", "train", "--data", str(scans[seed][1]), "--exp-dir", str(exp),
                      "--conf", str(REPO / VARIANTS[variant]["conf"]) if "conf" in VARIANTS[variant] else str(conf),
                      "--iters", str(iters), "--device", device, "--quiet",
                      "--set", "train.plot_freq=0", "--set", f"train.keep_checkpoints={len(steps) + 1}",

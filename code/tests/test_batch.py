@@ -21,7 +21,7 @@ from pbidr.batch.engines import import_ray
 from pbidr.batch.stages import error_line
 from pbidr.batch.state import STAGES, subject_paths
 from pbidr.batch.subjects import find_subjects
-from pbidr.cli import main
+from pbidr.commands.main import main
 from pbidr.errors import PbidrError
 from pbidr.preprocess.sample import make_sample
 
@@ -210,7 +210,7 @@ def test_killed_run_resumes_without_redoing_finished_stages(subjects_root, tmp_p
     args = ["--inputs", str(inputs), "--out", str(out), "--conf", str(subjects_root / "tiny.conf"), *TINY_ARGS,
             "--iters", "60"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "pbidr.cli", "batch", *args], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "pbidr.commands", "batch", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     latest = subject_paths(out, "face1").run / "checkpoints" / "latest.pt"
     deadline = time.monotonic() + 120

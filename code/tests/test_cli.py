@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pbidr import __version__, cli
+from pbidr import __version__
 from pbidr.batch.stages import parse_overrides
+from pbidr.commands import main as cli
 from pbidr.errors import PbidrError
 from pbidr.geometry.cameras import Rig
 from pbidr.io.load import load_mesh
@@ -165,7 +166,7 @@ def test_batch_checks_before_any_subject(scan, tmp_path, capsys):
     _one_line(capsys, cli.main(base + ["--cpus-per-job", "2"]), "--cpus-per-job", "--engine ray")
     _one_line(capsys, cli.main(base + ["--iters", "0"]), "--iters")
     assert not (tmp_path / "out").exists()
-    from pbidr.batch.command import settings_from_args
+    from pbidr.commands.batch import settings_from_args
 
     args = cli.build_parser().parse_args(["batch", "-i", str(inputs), "-o", str(tmp_path / "out")])
     assert Path(settings_from_args(args).conf) == REPO / "confs" / "fast.conf"  # the same default as train

@@ -42,14 +42,14 @@ EXPECTED = ["detailed.obj", "detailed.mtl", "detailed_subdivided.obj", "detailed
 
 def run_cli(*argv: str) -> int:
     """``pbidr eval ...`` through the real command line."""
-    from pbidr import cli
+    from pbidr.commands import main as cli
 
     return cli.main(["eval", *argv])
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from pbidr.cli import main
+    from pbidr.commands.main import main
 
     root = tmp_path_factory.mktemp("evalrun")
     make_sample(root / "raw", grid=(60, 80), texture_size=128)

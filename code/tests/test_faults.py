@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from pbidr.cli import main
+from pbidr.commands.main import main
 from pbidr.geometry.cameras import Rig
 from pbidr.preprocess.pipeline import preprocess
 from pbidr.preprocess.sample import make_sample
@@ -59,7 +59,7 @@ if spec:
             os.kill(os.getpid(), signal.SIGKILL)
         return orig(*args, **kwargs)
     setattr(mod, fn_name, faulty)
-from pbidr.cli import main
+from pbidr.commands.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

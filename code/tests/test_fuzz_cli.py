@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pbidr import cli
-from pbidr.batch.command import _stages
+from pbidr.commands import args as argtypes
+from pbidr.commands import main as cli, rig
+from pbidr.commands.batch import _stages
 from pbidr.geometry.cameras import Rig
 from pbidr.preprocess.pipeline import preprocess
 from pbidr.preprocess.sample import make_sample
 from pbidr.training.conf import _FLOAT_KEYS, _defaults_tree
 from pbidr.training.trainer import Trainer
-from pbidr.utils import args as argtypes
 
 SEED = 16
 
@@ -84,14 +84,14 @@ def _typed_bad(action: argparse.Action, rng: random.Random) -> list[str]:
         return [g, "0", str(-rng.randint(1, 10**6)), "1.5"]
     if t is argtypes.nonneg_int:
         return [g, str(-rng.randint(1, 10**6)), "2.5"]
-    if t in (argtypes.finite_float, cli._angle, cli._margin):
-        extra = {cli._angle: ["200", "-1"], cli._margin: ["0.5"]}.get(t, [])
+    if t in (argtypes.finite_float, rig._angle, rig._margin):
+        extra = {rig._angle: ["200", "-1"], rig._margin: ["0.5"]}.get(t, [])
         return [g, "nan", "inf", *extra]
     if t in (argtypes.positive_float,):
         return [g, "0", "-1e-3", "nan"]
     if t in (argtypes.nonneg_float,):
         return [g, "-0.5", "inf"]
-    if t is cli._vec3:
+    if t is rig._vec3:
         return [g, "1,2", "0,0,nan"]
     if t is argtypes.views_arg:
         return [g, "0", "1,,2", "-3"]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pbidr.cli import main
+from pbidr.commands.main import main
 from pbidr.errors import PbidrError
 from pbidr.preprocess.sample import make_sample
 from pbidr.utils.outputs import MARKER, check_output, read_marker, stage_done

@@ -14,16 +14,17 @@ import numpy as np
 import pytest
 from scipy.spatial import Delaunay
 
-from pbidr import cli
+from pbidr.commands import main as cli
+from pbidr.commands.photo import add_photo_parser
 from pbidr.errors import PbidrError
 from pbidr.geometry.triangulation import signed_areas, triangles_from_edges, untangle
-from pbidr.photo.face_mesh import N_LANDMARKS, add_photo_parser, search_windows
+from pbidr.photo.face_mesh import N_LANDMARKS, search_windows
 from pbidr.utils.images import read_image, write_png
 
 
 def _main(argv: list[str]) -> int:
     """`pbidr photo` through the real CLI once it has the subcommand, else through a stand-in
-    parser that handles errors as ``pbidr.cli.main`` does."""
+    parser that handles errors as ``pbidr.commands.main.main`` does."""
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     if "photo" in commands:

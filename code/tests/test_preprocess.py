@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from pbidr.cli import main
+from pbidr.commands.main import main
 from pbidr.geometry.cameras import load_cameras_npz
 from pbidr.utils.images import read_image
 
@@ -99,6 +99,6 @@ def test_pytorch3d_missing_is_a_clear_error(sphere_raw, tmp_path, capsys):
 
 
 def test_console_script_exit_code(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "pbidr.cli", "preprocess", "-i", str(tmp_path / "missing"),
+    r = subprocess.run([sys.executable, "-m", "pbidr.commands", "preprocess", "-i", str(tmp_path / "missing"),
                         "-o", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode != 0 and "missing" in r.stderr and r.stderr.count("\n") == 1

@@ -13,11 +13,11 @@ import pytest
 import trimesh
 from PIL import Image
 
+from pbidr.commands.score import add_score_parser
 from pbidr.errors import PbidrError
 from pbidr.evaluation import score as score_module
 from pbidr.evaluation.displacement import subdivide_midpoint
 from pbidr.evaluation.score import (
-    add_score_parser,
     closest_point_barycentric,
     detailed_normal,
     detailed_surface,

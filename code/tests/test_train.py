@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pbidr.cli import main
+from pbidr.commands.main import main
 from pbidr.preprocess.pipeline import preprocess
 from pbidr.geometry.cameras import Rig
 from pbidr.preprocess.sample import make_sample

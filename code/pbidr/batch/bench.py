@@ -28,7 +28,7 @@ from pbidr.utils.atomic import write_json
 
 
 def _batch_cmd(inputs: Path, out: Path, args: argparse.Namespace, engine: list[str]) -> list[str]:
-    cmd = [sys.executable, "-m", "pbidr.cli", "batch", "--inputs", str(inputs), "--out", str(out),
+    cmd = [sys.executable, "-m", "pbidr.commands", "batch", "--inputs", str(inputs), "--out", str(out),
            "--conf", args.conf, "--iters", str(args.iters), "--res", str(args.res), "--yaw", str(args.yaw),
            "--mc-resolution", str(args.mc_resolution), "--eval-views", args.eval_views, "--device", args.device,
            "--quiet", *engine]

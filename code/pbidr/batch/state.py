@@ -1,4 +1,5 @@
-"""Where a subject's outputs live, its ``status.json``, and the one check that a stage is finished.
+"""Where a subject's outputs live, its ``status.json``, the one check that a stage is finished, and
+the check that a rerun into ``--out`` has the settings of its outputs (``batch.json``).
 
 Layout under ``--out``::
 
@@ -23,12 +24,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pbidr.errors import PbidrError
 from pbidr.training.checkpoints import checkpoint_path
 from pbidr.utils.atomic import write_json
 
 STAGES = ("preprocess", "train", "eval")
 SUBJECTS_DIR = "subjects"
 SCORE_FILE = "score.json"
+SETTINGS_FILE = "batch.json"
 
 
 @dataclass(frozen=True)
@@ -118,3 +121,27 @@ def stage_complete(sp: SubjectPaths, stage: str, status: dict[str, Any], has_gro
         ok = metrics is not None and metrics.get("step") == train_step and (sp.eval / "compare.png").is_file()
         return ok and (not has_ground_truth or _json(sp.eval / SCORE_FILE) is not None)
     raise ValueError(f"unknown stage {stage!r}")
+
+
+def check_settings(out: Path, identity: dict) -> None:
+    """Refuse to mix outputs of different settings in one --out; record them on the first run."""
+    path = out / SETTINGS_FILE
+    if out.exists() and not out.is_dir():
+        raise PbidrError(f"{out}: exists and is not a folder; --out must be a (new or earlier batch's) folder")
+    if path.exists():
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise PbidrError(f"{path}: unreadable; it records the settings of the outputs in {out}") from None
+        if not isinstance(before, dict) or "settings" not in before:
+            raise PbidrError(f"{path}: not a pbidr batch settings file")
+        # JSON round trip so tuples and lists compare equal
+        differ = [k for k in identity if json.loads(json.dumps(identity[k])) != before["settings"].get(k)]
+        if differ:
+            raise PbidrError(f"{out}: holds outputs made with other settings ({', '.join(differ)} differ, see {path}); "
+                             "rerun with the same options or choose another --out")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise PbidrError(f"{out}: exists and is not a pbidr batch output folder (no {SETTINGS_FILE}); "
+                         "choose an empty or new --out")
+    write_json(path, {"settings": identity})

@@ -83,16 +83,6 @@ _CHOICES = {"model.diffuse_normal": ("coarse", "sdf"), "model.sdf_network.d_in":
 _POSITIVE_ENTRIES = ("dims", "img_res")
 
 
-def add_conf_args(parser, what: str = "") -> None:
-    """``--conf FILE | --preset NAME`` (one of them) on an argparse parser; ``what`` qualifies the conf
-    in the help ("train " for batch)."""
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--conf", default=None, metavar="FILE",
-                       help=f"HOCON conf{' for ' + what.strip() if what else ''} (default: --preset detail = "
-                            "confs/fast.conf; the paper's settings: --preset paper or --conf confs/test.conf)")
-    group.add_argument("--preset", choices=list(PRESETS), default=None, help=f"a named {what}conf: {PRESET_HELP}")
-
-
 def did_you_mean(key: str, known) -> str:
     """' (did you mean batch_size?)' for a near miss of one of ``known``, else ''."""
     close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)

@@ -1,4 +1,6 @@
-"""``pbidr batch``: the command line, the settings check of a rerun, and the summary at the end."""
+"""``pbidr batch``: the command line, the settings the subjects run with, and the summary at the end.
+
+The batch itself (subjects, stages, engines, the summary files) lives in :mod:`pbidr.batch`."""
 
 from __future__ import annotations
 
@@ -6,10 +8,15 @@ import argparse
 import time
 from pathlib import Path
 
-from pbidr.batch.state import STAGES
+from pbidr.batch.state import STAGES, check_settings
+from pbidr.commands.args import nonneg_float, nonneg_int, positive_int, views_arg
+from pbidr.commands.conf import add_conf_args, train_overrides
+from pbidr.commands.rig import add_rig_args, rig_from_args
 from pbidr.errors import PbidrError
+from pbidr.training.conf import load_conf, resolve_conf
 
-SETTINGS_FILE = "batch.json"
+# The handler imports the batch's implementation (engines, stages, summary) when the command runs:
+# building the parser (every call, `pbidr --help` too) needs only the flags, and stays light.
 
 
 def _stages(text: str) -> tuple[str, ...]:
@@ -21,10 +28,6 @@ def _stages(text: str) -> tuple[str, ...]:
 
 
 def add_batch_parser(subparsers) -> argparse.ArgumentParser:
-    from pbidr.cli import add_rig_args
-    from pbidr.training.conf import add_conf_args
-    from pbidr.utils.args import nonneg_float, nonneg_int, positive_int, views_arg
-
     p = subparsers.add_parser(
         "batch", help="many subjects through preprocess, train and eval; resumable; locally or on Ray",
         description="Run every subject of --input (subfolders holding mesh.*, mesh files, or the lines of a list "
@@ -68,8 +71,6 @@ def add_batch_parser(subparsers) -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace):
     from pbidr.batch.stages import BatchSettings
-    from pbidr.cli import rig_from_args, train_overrides
-    from pbidr.training.conf import load_conf, resolve_conf
 
     overrides, labels = train_overrides(args)  # --iters and --set of one key is an error, as in pbidr train
     conf = resolve_conf(args.conf, args.preset)
@@ -83,34 +84,6 @@ def settings_from_args(args: argparse.Namespace):
                          rig=rig_from_args(args), margin=args.margin, renderer=args.renderer, device=args.device,
                          mc_resolution=args.mc_resolution, eval_views=args.eval_views, threads=threads,
                          units=args.units)
-
-
-def check_settings(out: Path, identity: dict) -> None:
-    """Refuse to mix outputs of different settings in one --out; record them on the first run."""
-    import json
-
-    from pbidr.utils.atomic import write_json
-
-    path = out / SETTINGS_FILE
-    if out.exists() and not out.is_dir():
-        raise PbidrError(f"{out}: exists and is not a folder; --out must be a (new or earlier batch's) folder")
-    if path.exists():
-        try:
-            before = json.loads(path.read_text())
-        except (OSError, ValueError):
-            raise PbidrError(f"{path}: unreadable; it records the settings of the outputs in {out}") from None
-        if not isinstance(before, dict) or "settings" not in before:
-            raise PbidrError(f"{path}: not a pbidr batch settings file")
-        # JSON round trip so tuples and lists compare equal
-        differ = [k for k in identity if json.loads(json.dumps(identity[k])) != before["settings"].get(k)]
-        if differ:
-            raise PbidrError(f"{out}: holds outputs made with other settings ({', '.join(differ)} differ, see {path}); "
-                             "rerun with the same options or choose another --out")
-        return
-    if out.exists() and any(out.iterdir()):
-        raise PbidrError(f"{out}: exists and is not a pbidr batch output folder (no {SETTINGS_FILE}); "
-                         "choose an empty or new --out")
-    write_json(path, {"settings": identity})
 
 
 def cmd_batch(args: argparse.Namespace) -> int:

@@ -78,3 +78,9 @@ def checkpoint_arg(text: str) -> str:
 
 def add_device_arg(p: argparse.ArgumentParser, note: str = "") -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N" + note)
+
+
+def add_overwrite_arg(p: argparse.ArgumentParser, stage: str) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace the output when it is a previous `pbidr {stage}` output (atomically); "
+                        "a folder holding anything else is never replaced")
