@@ -119,9 +119,9 @@ QUICK = {"grid": (60, 80), "texture": 256, "views": 5, "res": 128, "render_repea
 
 
 def _modes(conf_path: Path) -> list[str]:
-    from pbidr.model.conf_defaults import DEFAULT_MODEL_CONF
-
-    return ["idr", "mesh"] if "band_steps" in DEFAULT_MODEL_CONF else ["idr"]
+    """The ray tracers the speed section times: IDR's sphere tracing and the mesh-guided band search
+    (``model.ray_tracer.mode``); both exist in every conf."""
+    return ["idr", "mesh"]
 
 
 def run_all(root: Path, out_json: Path, quick: bool = False, progress: bool = True) -> dict:
