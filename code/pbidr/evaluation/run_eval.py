@@ -36,21 +36,26 @@ import math
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from pbidr.errors import PbidrError
-from pbidr.training.checkpoints import load_run
+from pbidr.evaluation.metrics import json_safe
+from pbidr.training.checkpoints import LoadedRun, load_run
+from pbidr.training.conf import conf_to_text
+from pbidr.utils.atomic import save_npy, write_json
+from pbidr.utils.outputs import check_output, stage_output
 
 # scipy, skimage and cv2 are imported where they are used, so that `pbidr --help` (whose eval parser,
 # pbidr.commands.eval, imports this module for its defaults) stays quick; torch comes in with the
-# checkpoint module (pbidr.training.checkpoints).
+# checkpoint module (pbidr.training.checkpoints), and so do the conf, atomic-write and output modules.
 if TYPE_CHECKING:
     import torch
 
+    from pbidr.datasets.scan import ScanData
     from pbidr.evaluation.marching_cubes import LevelSet
     from pbidr.geometry.cameras import Camera
     from pbidr.io.mesh import TexturedMesh
@@ -365,6 +370,80 @@ def parse_views(views: str | list[int] | None, n_views: int, scan_dir: Path | No
 # The whole eval
 
 
+@dataclass
+class EvalOptions:
+    """What one eval is asked for: :func:`evaluate`'s keyword arguments (their defaults and meaning are
+    there), which every stage reads. ``device`` is a torch.device once :func:`_checked_options` ran."""
+
+    checkpoint: str | int
+    mc_resolution: int
+    views: str | list[int] | None
+    device: torch.device | str
+    chunk: int
+    eval_rendering: bool
+    progress: bool
+    band: float | None
+    render_chunk: int | None
+    scan_dir: str | Path | None
+    lipschitz: float | None
+    overwrite: bool
+    renderer: str
+
+
+@dataclass
+class StageReport:
+    """What one stage adds to metrics.json: its entries (in the file's order), notes and timings."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EvalInputs:
+    """The load stage's result: the checkpoint's model on the device (``sdf`` its normalised-frame SDF),
+    the scan's loaded views (``load_idx``, 0-based; ``cam_of`` view -> camera) and the starting band."""
+
+    run: LoadedRun
+    model: Any
+    sdf: SdfFn
+    data: ScanData
+    eval_views: list[int]
+    train_views: list[int]
+    load_idx: list[int]
+    front: int
+    cam_of: dict[int, Camera]
+    band: float
+    report: StageReport
+
+    @property
+    def coarse(self) -> TexturedMesh:
+        return self.data.mesh
+
+    @property
+    def scale_mat(self) -> np.ndarray:
+        return self.data.scale_mat
+
+
+@dataclass
+class DetailStage:
+    """The displaced-meshes stage's result, and the marching-cubes band sized from it (world units)."""
+
+    detail: DetailMeshes
+    band: float
+    report: StageReport
+
+
+@dataclass
+class CompareStage:
+    """The compare stage's result: detailed_subdivided in the normalised frame (the renders use it) and
+    the built-in sample folder the scan came from (None for other scans)."""
+
+    detailed_n: TexturedMesh
+    sample: Path | None
+    report: StageReport
+
+
 def evaluate(
     exp_dir: str | Path,
     checkpoint: str | int = "latest",
@@ -394,37 +473,57 @@ def evaluate(
     import torch
     from torch.nn.utils import parametrize
 
-    from pbidr.datasets.scan import load_scan
-    from pbidr.evaluation.metrics import json_safe
-    from pbidr.geometry.cameras import to_normalised
-    from pbidr.io.obj import write_obj, write_ply
-    from pbidr.training.conf import conf_to_text
-    from pbidr.utils.atomic import save_npy, write_json
-    from pbidr.utils.outputs import check_output, stage_output
-    from pbidr.utils.device import pick_device
-    from pbidr.utils.images import write_png
-
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    device = pick_device(device) if isinstance(device, str) else torch.device(device)
-    if int(mc_resolution) != mc_resolution or mc_resolution < 8:
-        raise PbidrError(f"--mc-resolution {mc_resolution}: must be an integer of at least 8")
-    if chunk < 1:
-        raise PbidrError(f"--chunk {chunk}: must be positive")
-    if renderer not in RENDERERS:
-        raise PbidrError(f"--renderer {renderer}: expected one of {', '.join(RENDERERS)}")
+    opts = _checked_options(EvalOptions(
+        checkpoint=checkpoint, mc_resolution=mc_resolution, views=views, device=device, chunk=chunk,
+        eval_rendering=eval_rendering, progress=progress, band=band, render_chunk=render_chunk, scan_dir=scan_dir,
+        lipschitz=lipschitz, overwrite=overwrite, renderer=renderer))
+    inputs = _load_stage(exp_dir, opts)
+    run = inputs.run
+    with stage_output(run.exp_dir / EVAL_DIR, "eval", opts.overwrite, flag="--exp-dir", step=run.step) as out, \
+            torch.no_grad(), parametrize.cached():
+        detail = _detail_meshes_stage(inputs, opts, out)
+        reports = [inputs.report, detail.report, _marching_cubes_stage(inputs, opts, detail.band, out),
+                   _maps_stage(inputs, opts, detail.detail, out)]
+        compare = _compare_stage(inputs, opts, detail.detail, out)
+        reports += [compare.report, _score_stage(opts, compare.sample, out),
+                    _render_stage(inputs, opts, compare.detailed_n, out)]
+        metrics = _write_outputs(out, reports, detail.band, run.conf, opts.device, t_start)
+    return metrics
+
+
+def _checked_options(opts: EvalOptions) -> EvalOptions:
+    """``opts`` with its device picked (``auto``: pbidr.utils.device); refuses an unusable resolution,
+    chunk or renderer."""
+    import torch
+
+    from pbidr.utils.device import pick_device
+
+    device = pick_device(opts.device) if isinstance(opts.device, str) else torch.device(opts.device)
+    if int(opts.mc_resolution) != opts.mc_resolution or opts.mc_resolution < 8:
+        raise PbidrError(f"--mc-resolution {opts.mc_resolution}: must be an integer of at least 8")
+    if opts.chunk < 1:
+        raise PbidrError(f"--chunk {opts.chunk}: must be positive")
+    if opts.renderer not in RENDERERS:
+        raise PbidrError(f"--renderer {opts.renderer}: expected one of {', '.join(RENDERERS)}")
+    return replace(opts, device=device)
+
+
+def _load_stage(exp_dir: str | Path, opts: EvalOptions) -> EvalInputs:
+    """Stage 0: the checkpoint's model on the device, given the coarse mesh and its step; the views
+    eval renders plus the frontal one, loaded; the default band (world units) unless --band."""
+    from pbidr.datasets.scan import load_scan
 
     t0 = time.perf_counter()
-    check_output(Path(exp_dir) / EVAL_DIR, "eval", overwrite, flag="--exp-dir")
-    run = load_run(exp_dir, checkpoint, scan_dir)
-    exp_dir = run.exp_dir
-    model = run.model.to(device).eval()
+    check_output(Path(exp_dir) / EVAL_DIR, "eval", opts.overwrite, flag="--exp-dir")
+    run = load_run(exp_dir, opts.checkpoint, opts.scan_dir)
+    model = run.model.to(opts.device).eval()
     conf = run.conf
     img_res = conf.get_list("dataset.img_res")
     n_images = len(list((run.scan_dir / "image").glob("*.png")))
     if n_images == 0:
         raise PbidrError(f"{run.scan_dir / 'image'}: no images (*.png)")
-    eval_views = parse_views(views, n_images, run.scan_dir) if eval_rendering else []
+    eval_views = parse_views(opts.views, n_images, run.scan_dir) if opts.eval_rendering else []
     front = frontal_view(run.scan_dir, n_images)
     load_idx = sorted(set(eval_views) | {front})
     data = load_scan(run.scan_dir, tuple(img_res) if img_res else None, load_idx)
@@ -432,129 +531,182 @@ def evaluate(
     scale_mat, coarse = data.scale_mat, data.mesh
     s = _uniform_scale(scale_mat)
     prepare_model(model, coarse, scale_mat, run.step)
-    band_given = band is not None
+    band = opts.band
     if band is None:
         band = min(DEFAULT_BAND, 0.025 * s)
     train_views = conf.get_list("dataset.views") or list(range(n_images))
-    timings["load_s"] = time.perf_counter() - t0
-    _stage_done("load", timings["load_s"], progress)
+    report = StageReport(timings={"load_s": time.perf_counter() - t0})
+    _stage_done("load", report.timings["load_s"], opts.progress)
 
-    sdf = model.sdf_network.sdf
-    metrics: dict[str, Any] = {
-        "exp_dir": str(exp_dir.resolve()), "checkpoint": str(run.checkpoint), "step": run.step,
-        "scan_dir": str(run.scan_dir.resolve()), "device": str(device), "units": "world (the input mesh's units)",
+    report.metrics = {
+        "exp_dir": str(run.exp_dir.resolve()), "checkpoint": str(run.checkpoint), "step": run.step,
+        "scan_dir": str(run.scan_dir.resolve()), "device": str(opts.device), "units": "world (the input mesh's units)",
         "scale": s, "coarse_mesh": {"vertices": int(len(coarse.vertices)), "faces": int(len(coarse.faces)),
                                     "uvs": int(len(coarse.uv)) if coarse.uv is not None else 0},
     }
+    return EvalInputs(run=run, model=model, sdf=model.sdf_network.sdf, data=data, eval_views=eval_views,
+                      train_views=train_views, load_idx=load_idx, front=front, cam_of=cam_of, band=band,
+                      report=report)
+
+
+def _detail_meshes_stage(inputs: EvalInputs, opts: EvalOptions, out: Path) -> DetailStage:
+    """Stage 1: the coarse mesh and its subdivision displaced onto the SDF (detailed*.obj,
+    displacement*.npy); without --band, the band is sized from what the SDF does at their vertices."""
+    from pbidr.io.obj import write_obj
+
+    t0 = time.perf_counter()
+    coarse, band = inputs.coarse, inputs.band
+    spacing = None
+    if getattr(inputs.model, "parameterisation", None) == "displacement_map" and coarse.uv is not None:
+        spacing = map_texel_spacing(coarse, inputs.run.conf.get_int("model.displacement_map.resolution"))
+    detail = detail_meshes(coarse, world_sdf(inputs.sdf, inputs.scale_mat, opts.device, opts.chunk), spacing=spacing)
+    write_obj(out / "detailed.obj", detail.detailed, texture_name=TEXTURE_NAME)
+    write_obj(out / "detailed_subdivided.obj", detail.detailed_subdivided, texture_name=TEXTURE_NAME,
+              write_texture=False)
+    save_npy(out / "displacement.npy", detail.displacement.astype(np.float32))
+    save_npy(out / "displacement_subdivided.npy", detail.displacement_subdivided.astype(np.float32))
+    if opts.band is None:  # size the band from what the SDF actually does at the coarse vertices
+        extent = float(np.max(np.ptp(np.asarray(coarse.vertices, dtype=np.float64), axis=0)))
+        band = band_for_displacement(np.concatenate([detail.displacement, detail.displacement_subdivided]),
+                                     band, extent / opts.mc_resolution)
+    outside = float(np.mean(np.abs(detail.displacement) > band))
+    report = StageReport(metrics={
+        "dense_mesh": {"file": "detailed_subdivided.obj", "subdivisions": detail.levels,
+                       "texel_spacing": spacing, "vertices": int(len(detail.detailed_subdivided.vertices)),
+                       "faces": int(len(detail.detailed_subdivided.faces))},
+        "displacement": {"detailed": displacement_stats(detail.displacement),
+                         "detailed_subdivided": displacement_stats(detail.displacement_subdivided),
+                         "fraction_outside_band": outside}})
+    if outside > 0.01:
+        report.notes.append(f"{outside:.1%} of the coarse vertices are farther than the band ({band:g}) from the "
+                            "SDF surface: sdf_mc.ply has holes there (raise --band, or train longer)")
+    report.timings["displacement_s"] = time.perf_counter() - t0
+    _stage_done("displaced meshes", report.timings["displacement_s"], opts.progress)
+    return DetailStage(detail=detail, band=band, report=report)
+
+
+def _marching_cubes_stage(inputs: EvalInputs, opts: EvalOptions, band: float, out: Path) -> StageReport:
+    """Stage 2: sdf_mc.ply, marching cubes in ``band`` (world units) around the coarse mesh; no surface
+    in the band is a note, not an error (the other outputs still stand)."""
+    from pbidr.io.obj import write_ply
+
+    t0 = time.perf_counter()
+    report = StageReport()
+    try:
+        # The coarse-residual SDF changes sign beyond an open border without crossing zero.
+        tolerance = inputs.model.sdf_network.off_surface_tolerance
+        ls = level_set_world(inputs.sdf, inputs.coarse, inputs.scale_mat, opts.mc_resolution, band, opts.device,
+                             opts.chunk, opts.lipschitz, opts.progress, off_surface_tolerance=tolerance)
+        write_ply(out / "sdf_mc.ply", ls.vertices, ls.faces)
+        report.metrics["marching_cubes"] = ls.stats
+    except PbidrError as err:  # no surface in the band: the other outputs still stand
+        report.metrics["marching_cubes"] = {"error": str(err), "resolution": int(opts.mc_resolution), "band": band}
+        report.notes.append(f"sdf_mc.ply not written: {err}")
+    report.timings["marching_cubes_s"] = time.perf_counter() - t0
+    _stage_done("marching cubes", report.timings["marching_cubes_s"], opts.progress)
+    return report
+
+
+def _maps_stage(inputs: EvalInputs, opts: EvalOptions, detail: DetailMeshes, out: Path) -> StageReport:
+    """Stage 3: UV maps and artists' outputs in the coarse layout (pbidr.evaluation.export): GLB with a
+    tangent-space normal map, displacement in mm (EXR, fixed mid-level 16-bit PNG), textured PLY."""
+    t0 = time.perf_counter()
+    report = StageReport()
+    coarse = inputs.coarse
+    if coarse.uv is not None and coarse.face_uv is not None:
+        from pbidr.evaluation.export import export_artist_outputs, scan_frame
+
+        frame = scan_frame(inputs.run.scan_dir)  # units and the face's front/up, from the scan's meta.json
+        report.metrics["uv_maps"] = export_artist_outputs(
+            out, coarse, detail.detailed_subdivided, detail.displacement_subdivided, units_to_mm=frame.units_to_mm,
+            displacement_mesh=detail.detailed_subdivided, texture_name=TEXTURE_NAME, front=frame.front, up=frame.up)
+        report.metrics["uv_maps"]["units_source"] = frame.units_source
+        report.notes.extend(report.metrics["uv_maps"].pop("notes"))
+    else:
+        report.metrics["uv_maps"] = {"skipped": "the coarse mesh has no texture coordinates"}
+        report.notes.append("detailed.glb, displacement maps and normal maps skipped: the coarse mesh has no UVs")
+    report.timings["uv_maps_s"] = time.perf_counter() - t0
+    _stage_done("UV maps and exports", report.timings["uv_maps_s"], opts.progress)
+    return report
+
+
+def _compare_stage(inputs: EvalInputs, opts: EvalOptions, detail: DetailMeshes, out: Path) -> CompareStage:
+    """Stage 4: compare.png, coarse vs detailed from the frontal camera (no network: always written),
+    with the built-in sample's true mesh as a third panel when the scan came from one."""
+    from pbidr.geometry.cameras import to_normalised
+    from pbidr.utils.images import write_png
+
+    t0 = time.perf_counter()
+    coarse, scale_mat = inputs.coarse, inputs.scale_mat
+    coarse_n = coarse.with_vertices(to_normalised(coarse.vertices, scale_mat))
+    detailed_n = detail.detailed_subdivided.with_vertices(
+        to_normalised(detail.detailed_subdivided.vertices, scale_mat))
+    sample = sample_source(inputs.run.scan_dir)
+    truth_n = None
+    if sample is not None:
+        from pbidr.io.load import load_mesh
+
+        truth = load_mesh(sample / "gt_detailed.obj")
+        truth_n = truth.with_vertices(to_normalised(truth.vertices, scale_mat))
+    write_png(out / "compare.png", compare_image(coarse_n, detailed_n, inputs.cam_of[inputs.front], truth_n=truth_n))
+    report = StageReport(metrics={"compare": {"view": inputs.front + 1, "panel_height": COMPARE_PANEL,
+                                              "ground_truth_panel": sample is not None}})
+    report.timings["compare_s"] = time.perf_counter() - t0
+    _stage_done("compare.png", report.timings["compare_s"], opts.progress)
+    return CompareStage(detailed_n=detailed_n, sample=sample, report=report)
+
+
+def _score_stage(opts: EvalOptions, sample: Path | None, out: Path) -> StageReport:
+    """Stage 5: the built-in sample knows its true detail, so both detailed meshes are scored against
+    it (pbidr.evaluation.score); nothing for other scans."""
+    report = StageReport()
+    if sample is None:
+        return report
+    from pbidr.evaluation.score import score_mesh
+
+    t0 = time.perf_counter()
+    report.metrics["score"] = score_mesh(out / "detailed.obj", sample)
+    report.metrics["score"]["mesh"] = "detailed.obj"
+    report.metrics["score_dense"] = score_mesh(out / "detailed_subdivided.obj", sample)
+    report.metrics["score_dense"]["mesh"] = "detailed_subdivided.obj"
+    report.timings["score_s"] = time.perf_counter() - t0
+    _stage_done("score", report.timings["score_s"], opts.progress)
+    return report
+
+
+def _render_stage(inputs: EvalInputs, opts: EvalOptions, detailed_n: TexturedMesh, out: Path) -> StageReport:
+    """Stage 6: renders, decomposition and PSNR of the eval views (:func:`_render_views`), unless
+    --no-rendering."""
+    if not opts.eval_rendering:
+        return StageReport(metrics={"rendering": {"skipped": "--no-rendering"}})
+    t0 = time.perf_counter()
+    rendering = _render_views(inputs.model, inputs.data, inputs.load_idx, inputs.eval_views, inputs.train_views,
+                              opts.device, opts.render_chunk or inputs.run.conf.get_int("train.render_chunk"), out,
+                              opts.progress, renderer=opts.renderer, detailed_n=detailed_n)
+    report = StageReport(metrics={"rendering": rendering}, timings={"rendering_s": time.perf_counter() - t0})
+    _stage_done("renders", report.timings["rendering_s"], opts.progress)
+    return report
+
+
+def _write_outputs(out: Path, reports: list[StageReport], band: float, conf, device: torch.device,
+                   t_start: float) -> dict:
+    """metrics.json: every stage's entries in stage order, then the band (world units), the timings
+    (with the total since ``t_start``), peak memory, the notes and the conf. Returns the metrics."""
+    import torch
+
+    metrics: dict[str, Any] = {}
     notes: list[str] = []
-
-    with stage_output(exp_dir / EVAL_DIR, "eval", overwrite, flag="--exp-dir", step=run.step) as out, torch.no_grad(), parametrize.cached():
-        # 1. Displaced meshes.
-        t0 = time.perf_counter()
-        spacing = None
-        if getattr(model, "parameterisation", None) == "displacement_map" and coarse.uv is not None:
-            spacing = map_texel_spacing(coarse, conf.get_int("model.displacement_map.resolution"))
-        detail = detail_meshes(coarse, world_sdf(sdf, scale_mat, device, chunk), spacing=spacing)
-        write_obj(out / "detailed.obj", detail.detailed, texture_name=TEXTURE_NAME)
-        write_obj(out / "detailed_subdivided.obj", detail.detailed_subdivided, texture_name=TEXTURE_NAME,
-                  write_texture=False)
-        save_npy(out / "displacement.npy", detail.displacement.astype(np.float32))
-        save_npy(out / "displacement_subdivided.npy", detail.displacement_subdivided.astype(np.float32))
-        if not band_given:  # size the band from what the SDF actually does at the coarse vertices
-            extent = float(np.max(np.ptp(np.asarray(coarse.vertices, dtype=np.float64), axis=0)))
-            band = band_for_displacement(np.concatenate([detail.displacement, detail.displacement_subdivided]),
-                                         band, extent / mc_resolution)
-        outside = float(np.mean(np.abs(detail.displacement) > band))
-        metrics["dense_mesh"] = {"file": "detailed_subdivided.obj", "subdivisions": detail.levels,
-                                 "texel_spacing": spacing, "vertices": int(len(detail.detailed_subdivided.vertices)),
-                                 "faces": int(len(detail.detailed_subdivided.faces))}
-        metrics["displacement"] = {"detailed": displacement_stats(detail.displacement),
-                                   "detailed_subdivided": displacement_stats(detail.displacement_subdivided),
-                                   "fraction_outside_band": outside}
-        if outside > 0.01:
-            notes.append(f"{outside:.1%} of the coarse vertices are farther than the band ({band:g}) from the "
-                         "SDF surface: sdf_mc.ply has holes there (raise --band, or train longer)")
-        timings["displacement_s"] = time.perf_counter() - t0
-        _stage_done("displaced meshes", timings["displacement_s"], progress)
-
-        # 2. Marching cubes in the band.
-        t0 = time.perf_counter()
-        try:
-            # The coarse-residual SDF changes sign beyond an open border without crossing zero.
-            tolerance = model.sdf_network.off_surface_tolerance
-            ls = level_set_world(sdf, coarse, scale_mat, mc_resolution, band, device, chunk, lipschitz, progress,
-                                 off_surface_tolerance=tolerance)
-            write_ply(out / "sdf_mc.ply", ls.vertices, ls.faces)
-            metrics["marching_cubes"] = ls.stats
-        except PbidrError as err:  # no surface in the band: the other outputs still stand
-            metrics["marching_cubes"] = {"error": str(err), "resolution": int(mc_resolution), "band": band}
-            notes.append(f"sdf_mc.ply not written: {err}")
-        timings["marching_cubes_s"] = time.perf_counter() - t0
-        _stage_done("marching cubes", timings["marching_cubes_s"], progress)
-
-        # 3. UV maps and artists' outputs in the coarse layout (pbidr.evaluation.export): GLB with a
-        #    tangent-space normal map, displacement in mm (EXR, fixed mid-level 16-bit PNG), textured PLY.
-        t0 = time.perf_counter()
-        if coarse.uv is not None and coarse.face_uv is not None:
-            from pbidr.evaluation.export import export_artist_outputs, scan_frame
-
-            frame = scan_frame(run.scan_dir)  # units and the face's front/up, from the scan's meta.json
-            metrics["uv_maps"] = export_artist_outputs(
-                out, coarse, detail.detailed_subdivided, detail.displacement_subdivided, units_to_mm=frame.units_to_mm,
-                displacement_mesh=detail.detailed_subdivided, texture_name=TEXTURE_NAME, front=frame.front, up=frame.up)
-            metrics["uv_maps"]["units_source"] = frame.units_source
-            notes.extend(metrics["uv_maps"].pop("notes"))
-        else:
-            metrics["uv_maps"] = {"skipped": "the coarse mesh has no texture coordinates"}
-            notes.append("detailed.glb, displacement maps and normal maps skipped: the coarse mesh has no UVs")
-        timings["uv_maps_s"] = time.perf_counter() - t0
-        _stage_done("UV maps and exports", timings["uv_maps_s"], progress)
-
-        # 4. Coarse vs detailed, frontal camera (no network: always written).
-        t0 = time.perf_counter()
-        coarse_n = coarse.with_vertices(to_normalised(coarse.vertices, scale_mat))
-        detailed_n = detail.detailed_subdivided.with_vertices(
-            to_normalised(detail.detailed_subdivided.vertices, scale_mat))
-        sample = sample_source(run.scan_dir)
-        truth_n = None
-        if sample is not None:
-            from pbidr.io.load import load_mesh
-
-            truth = load_mesh(sample / "gt_detailed.obj")
-            truth_n = truth.with_vertices(to_normalised(truth.vertices, scale_mat))
-        write_png(out / "compare.png", compare_image(coarse_n, detailed_n, cam_of[front], truth_n=truth_n))
-        metrics["compare"] = {"view": front + 1, "panel_height": COMPARE_PANEL,
-                              "ground_truth_panel": sample is not None}
-        timings["compare_s"] = time.perf_counter() - t0
-        _stage_done("compare.png", timings["compare_s"], progress)
-        if sample is not None:  # the built-in sample knows its true detail: score against it
-            from pbidr.evaluation.score import score_mesh
-
-            t0 = time.perf_counter()
-            metrics["score"] = score_mesh(out / "detailed.obj", sample)
-            metrics["score"]["mesh"] = "detailed.obj"
-            metrics["score_dense"] = score_mesh(out / "detailed_subdivided.obj", sample)
-            metrics["score_dense"]["mesh"] = "detailed_subdivided.obj"
-            timings["score_s"] = time.perf_counter() - t0
-            _stage_done("score", timings["score_s"], progress)
-
-        # 5. Renders, decomposition and PSNR.
-        if eval_rendering:
-            t0 = time.perf_counter()
-            metrics["rendering"] = _render_views(model, data, load_idx, eval_views, train_views, device,
-                                                 render_chunk or conf.get_int("train.render_chunk"), out, progress,
-                                                 renderer=renderer, detailed_n=detailed_n)
-            timings["rendering_s"] = time.perf_counter() - t0
-            _stage_done("renders", timings["rendering_s"], progress)
-        else:
-            metrics["rendering"] = {"skipped": "--no-rendering"}
-
-        timings["total_s"] = time.perf_counter() - t_start
-        metrics.update({"band": band, "timings": timings, "peak_rss_mb": peak_rss_mb(), "notes": notes,
-                        "conf": conf_to_text(conf)})
-        if device.type == "cuda":
-            metrics["cuda_max_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        write_json(out / "metrics.json", json_safe(metrics))
+    timings: dict[str, float] = {}
+    for report in reports:
+        metrics.update(report.metrics)
+        notes.extend(report.notes)
+        timings.update(report.timings)
+    timings["total_s"] = time.perf_counter() - t_start
+    metrics.update({"band": band, "timings": timings, "peak_rss_mb": peak_rss_mb(), "notes": notes,
+                    "conf": conf_to_text(conf)})
+    if device.type == "cuda":
+        metrics["cuda_max_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    write_json(out / "metrics.json", json_safe(metrics))
     return metrics
 
 
