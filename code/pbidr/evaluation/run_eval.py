@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from pbidr.errors import PbidrError
-from pbidr.evaluation.metrics import json_safe
+from pbidr.evaluation.metrics import json_safe, masked_psnr
 from pbidr.training.checkpoints import LoadedRun, load_run
 from pbidr.training.conf import conf_to_text
 from pbidr.utils.atomic import save_npy, write_json
@@ -721,10 +721,44 @@ def _render_views(model, data, load_idx, eval_views, train_views, device, render
     """Renders, contact sheet and PSNR of ``eval_views``. ``renderer`` ``mesh``: Embree hits on
     ``detailed_n`` (detailed_subdivided in the normalised frame) shaded by the model; ``sdf``: the
     model's sphere tracer per pixel (render_camera)."""
-    from pbidr.evaluation.metrics import masked_psnr
     from pbidr.utils.images import contact_sheet, write_png
     from pbidr.utils.progress import progress_bar
 
+    render = _view_renderer(model, data, device, render_chunk, renderer, detailed_n)
+    rows, labels, per_view = [], [], []
+    # Plain lines when stderr is not a terminal (pbidr.utils.progress); one line per view: a view takes
+    # seconds, and a log should show each one's PSNR.
+    bar = progress_bar(len(eval_views), desc=f"eval: render ({renderer})", unit="view", disable=not progress,
+                       every_steps=1)
+    for v in eval_views:
+        k = load_idx.index(v)
+        view = render(data.cameras[k])
+        gt, mask = data.images[k], data.masks[k]
+        name = f"{v + 1:03d}"
+        for part, img in view.images().items():
+            write_png(out / "renders" / f"{name}_{part}.png", (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8))
+        psnr = masked_psnr(view.rgb, gt, mask) if mask.any() else math.nan
+        union = np.logical_or(view.hit, mask).sum()
+        iou = float(np.logical_and(view.hit, mask).sum() / union) if union else math.nan
+        per_view.append({"view": v + 1, "psnr": psnr, "silhouette_iou": iou, "train_view": v in train_views,
+                         "n_sdf_evals": view.n_sdf_evals})
+        bar.set_postfix_str(f"view {name} PSNR {psnr:.2f} dB")
+        rows.append([gt, *view.images().values()])
+        labels.append([f"{name} input", f"rgb {psnr:.2f} dB", "diffuse", "specular", "albedo", "normal"])
+        bar.update(1)
+    bar.close()
+    cell = int(np.clip(data.hw[0], SHEET_MIN_CELL, SHEET_CELL))  # tiny renders are enlarged so labels read
+    write_png(out / "contact_sheet.png", contact_sheet(rows, labels, cell=cell))
+    finite = [p["psnr"] for p in per_view if math.isfinite(p["psnr"])]
+    return {"renderer": renderer, "image_size": list(data.hw), "views": per_view,
+            "psnr_mean": float(np.mean(finite)) if finite else math.nan,
+            "psnr_mean_train_views": _mean([p["psnr"] for p in per_view if p["train_view"]]),
+            "psnr_mean_held_out_views": _mean([p["psnr"] for p in per_view if not p["train_view"]])}
+
+
+def _view_renderer(model, data, device, render_chunk, renderer: str, detailed_n: TexturedMesh | None):
+    """Camera -> rendered view (its images, hit mask and SDF evaluations), by ``renderer`` (see
+    :func:`_render_views`)."""
     if renderer == "mesh":
         from pbidr.evaluation.render_explicit import PBIDRShading, render_mesh_view, subdivided_coarse_normals
         from pbidr.geometry.raycast import MeshRayCaster
@@ -756,35 +790,7 @@ def _render_views(model, data, load_idx, eval_views, train_views, device, render
         def render(camera):
             return render_camera(model, coarse, camera, device, render_chunk)
 
-    rows, labels, per_view = [], [], []
-    # Plain lines when stderr is not a terminal (pbidr.utils.progress); one line per view: a view takes
-    # seconds, and a log should show each one's PSNR.
-    bar = progress_bar(len(eval_views), desc=f"eval: render ({renderer})", unit="view", disable=not progress,
-                       every_steps=1)
-    for v in eval_views:
-        k = load_idx.index(v)
-        view = render(data.cameras[k])
-        gt, mask = data.images[k], data.masks[k]
-        name = f"{v + 1:03d}"
-        for part, img in view.images().items():
-            write_png(out / "renders" / f"{name}_{part}.png", (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8))
-        psnr = masked_psnr(view.rgb, gt, mask) if mask.any() else math.nan
-        union = np.logical_or(view.hit, mask).sum()
-        iou = float(np.logical_and(view.hit, mask).sum() / union) if union else math.nan
-        per_view.append({"view": v + 1, "psnr": psnr, "silhouette_iou": iou, "train_view": v in train_views,
-                         "n_sdf_evals": view.n_sdf_evals})
-        bar.set_postfix_str(f"view {name} PSNR {psnr:.2f} dB")
-        rows.append([gt, *view.images().values()])
-        labels.append([f"{name} input", f"rgb {psnr:.2f} dB", "diffuse", "specular", "albedo", "normal"])
-        bar.update(1)
-    bar.close()
-    cell = int(np.clip(data.hw[0], SHEET_MIN_CELL, SHEET_CELL))  # tiny renders are enlarged so labels read
-    write_png(out / "contact_sheet.png", contact_sheet(rows, labels, cell=cell))
-    finite = [p["psnr"] for p in per_view if math.isfinite(p["psnr"])]
-    return {"renderer": renderer, "image_size": list(data.hw), "views": per_view,
-            "psnr_mean": float(np.mean(finite)) if finite else math.nan,
-            "psnr_mean_train_views": _mean([p["psnr"] for p in per_view if p["train_view"]]),
-            "psnr_mean_held_out_views": _mean([p["psnr"] for p in per_view if not p["train_view"]])}
+    return render
 
 
 def _mean(values: list[float]) -> float | None:
