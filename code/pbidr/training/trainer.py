@@ -149,6 +149,18 @@ def _warn(text: str, kind: str = "warning") -> None:
     print(f"pbidr train: {kind}: {text}", file=sys.stderr, flush=True)
 
 
+@dataclass
+class RunStart:
+    """Where a run starts, as the run folder's rules decide it (:meth:`Trainer._prepare_run_dir`): the
+    scan folder (None: not given and not known from run.json), and either the checkpoint to continue
+    (its state and path) or the conf file to load (None: the default conf)."""
+
+    scan_dir: str | Path | None
+    conf_file: str | Path | None
+    checkpoint: dict[str, Any] | None = None
+    checkpoint_path: Path | None = None
+
+
 class Trainer:
     def __init__(self, scan_dir: str | Path | None, exp_dir: str | Path, conf_path: str | Path | None = None,
                  overrides: dict[str, Any] | None = None, device: torch.device = torch.device("cpu"),
@@ -157,10 +169,27 @@ class Trainer:
         self.device = device
         self.progress = progress
         overrides = dict(overrides or {})
-        resume_ckpt = None
         self._replace_old_run = False
         self._notes: list[str] = []  # printed now and written to log.txt when the run starts
         self._log_notes: list[str] = []
+        start = self._prepare_run_dir(scan_dir, conf_path, resume, overwrite)
+        self._load_config(start, overrides)
+        self._load_data()
+        self._check_solver()
+        self._build_model()
+        self._build_optimiser()
+        self._restore(start.checkpoint)
+        self._stop_signal: int | None = None
+        self.last_counts: dict[str, int] = {}
+        self._tb = None
+        for note in self._notes:
+            _warn(note, "note")
+
+    def _prepare_run_dir(self, scan_dir: str | Path | None, conf_path: str | Path | None, resume: bool,
+                         overwrite: bool) -> RunStart:
+        """The run folder's rules: a file, a foreign folder and a folder whose lock another training
+        holds are refused; a run there is continued (``resume``), replaced when the run starts
+        (``overwrite``) or refused; a new folder starts from step 0 with ``conf_path``."""
         if self.exp_dir.exists() and not self.exp_dir.is_dir():
             check_output(self.exp_dir, "train", overwrite, flag="--exp-dir")  # refuses a file
         owner = lock_owner(self.exp_dir / LOCK)
@@ -169,42 +198,55 @@ class Trainer:
                              f"wait for it or stop it (lock file {self.exp_dir / LOCK})")
         if is_run_dir(self.exp_dir):
             if resume:
-                found = latest_good_checkpoint(self.exp_dir, warn=self._note_warning)
-                try:
-                    run_info = json.loads((self.exp_dir / "run.json").read_text())
-                except (OSError, ValueError):
-                    run_info = {}
-                scan_dir = scan_dir or run_info.get("scan_dir")
-                if found is not None:
-                    resume_ckpt, path = found
-                    conf = parse_conf(resume_ckpt["conf"], str(path), overrides)
-                else:  # killed before its first checkpoint: start it again with its own conf
-                    run_conf = self.exp_dir / "run.conf"
-                    conf = load_conf(run_conf if run_conf.is_file() else conf_path, overrides)
-                    self._notes.append(f"{self.exp_dir}: the run has no checkpoint yet; starting it from step 0")
+                return self._resume_start(scan_dir, conf_path)
             elif overwrite:
                 self._replace_old_run = True
-                conf = load_conf(conf_path, overrides)
+                return RunStart(scan_dir, conf_path)
             else:
                 raise PbidrError(f"{self.exp_dir}: already holds a training run; pass --resume to continue it, "
                                  "--overwrite to start it again, or choose another --exp-dir")
+        check_output(self.exp_dir, "train", overwrite, flag="--exp-dir")  # refuses a foreign folder
+        if resume:
+            if not self.exp_dir.exists():
+                raise PbidrError(f"{self.exp_dir}: --resume given but the directory holds no run")
+            self._notes.append(f"{self.exp_dir}: holds no run yet; starting it from step 0")
+        return RunStart(scan_dir, conf_path)
+
+    def _resume_start(self, scan_dir: str | Path | None, conf_path: str | Path | None) -> RunStart:
+        """--resume on a run: its latest good checkpoint, and its scan folder from run.json unless given."""
+        found = latest_good_checkpoint(self.exp_dir, warn=self._note_warning)
+        try:
+            run_info = json.loads((self.exp_dir / "run.json").read_text())
+        except (OSError, ValueError):
+            run_info = {}
+        scan_dir = scan_dir or run_info.get("scan_dir")
+        if found is not None:
+            checkpoint, path = found
+            return RunStart(scan_dir, None, checkpoint, path)
+        # killed before its first checkpoint: start it again with its own conf
+        run_conf = self.exp_dir / "run.conf"
+        self._notes.append(f"{self.exp_dir}: the run has no checkpoint yet; starting it from step 0")
+        return RunStart(scan_dir, run_conf if run_conf.is_file() else conf_path)
+
+    def _load_config(self, start: RunStart, overrides: dict[str, Any]) -> None:
+        """The conf (the checkpoint's, else ``start``'s file, with ``overrides``) and the scan folder."""
+        if start.checkpoint is not None:
+            conf = parse_conf(start.checkpoint["conf"], str(start.checkpoint_path), overrides)
         else:
-            check_output(self.exp_dir, "train", overwrite, flag="--exp-dir")  # refuses a foreign folder
-            if resume:
-                if not self.exp_dir.exists():
-                    raise PbidrError(f"{self.exp_dir}: --resume given but the directory holds no run")
-                self._notes.append(f"{self.exp_dir}: holds no run yet; starting it from step 0")
-            conf = load_conf(conf_path, overrides)
-        if scan_dir is None:
+            conf = load_conf(start.conf_file, overrides)
+        if start.scan_dir is None:
             raise PbidrError("--input/--data SCAN_DIR is required for a new run")
-        self.scan_dir = Path(scan_dir)
+        self.scan_dir = Path(start.scan_dir)
         self.conf = conf
         tc = conf.get_config("train")
         self.batch_size = tc.get_int("batch_size")
         self.seed = tc.get_int("seed")
 
-        img_res = conf.get_list("dataset.img_res")
-        views = conf.get_list("dataset.views") or None
+    def _load_data(self) -> None:
+        """The scan at the conf's resolution and views, its ray sampler, and the run's length in steps."""
+        tc = self.conf.get_config("train")
+        img_res = self.conf.get_list("dataset.img_res")
+        views = self.conf.get_list("dataset.views") or None
         self.data: ScanData = load_scan(self.scan_dir, tuple(img_res) if img_res else None, views)
         if not 0 <= tc.get_int("plot_view") < self.data.n_views:
             raise PbidrError(f"train.plot_view = {tc.get_int('plot_view')} but the scan has {self.data.n_views} views")
@@ -213,46 +255,54 @@ class Trainer:
         iters = tc.get_int("iters")
         self.total_steps = iters if iters > 0 else tc.get_int("nepoch") * self.epoch_len
 
+    def _check_solver(self) -> None:
+        """The solver and the SDF parameterisation go together; a displacement map's resolution 0 (auto)
+        is resolved from the scan."""
+        tc = self.conf.get_config("train")
         self.texel_solver = None
         self.solver = tc.get_string("solver")
-        param = conf.get_string("model.sdf_network.parameterisation")
+        param = self.conf.get_string("model.sdf_network.parameterisation")
         if (self.solver == "texels") != (param == "displacement_map"):
             raise PbidrError(f"train.solver = {self.solver} and model.sdf_network.parameterisation = {param}: the "
                              "texel solver fits the displacement_map parameterisation, and only it")
-        if param == "displacement_map" and conf.get_int("model.displacement_map.resolution") == 0:
+        if param == "displacement_map" and self.conf.get_int("model.displacement_map.resolution") == 0:
             from pbidr.detail.solver import map_resolution
 
             # resolved once and saved in the run's conf, so eval builds the same map
-            conf.put("model.displacement_map.resolution", map_resolution(conf, self.data.mesh))
+            self.conf.put("model.displacement_map.resolution", map_resolution(self.conf, self.data.mesh))
 
+    def _build_model(self) -> None:
+        """Seed every RNG (so the initial weights are the seed's), then the model on the coarse mesh, and
+        the loss."""
         torch.manual_seed(self.seed)
         self.rng = np.random.default_rng(self.seed)
         random.seed(self.seed)
-        self.model = PBIDRModel(conf.get_config("model")).to(device)
+        self.model = PBIDRModel(self.conf.get_config("model")).to(self.device)
         coarse = self.sampler.coarse
         self.model.attach_coarse_mesh(coarse.vertices, coarse.faces, coarse.vertex_normals, uv=self.data.mesh.uv,
                                       face_uv=self.data.mesh.face_uv, scale=float(self.data.scale_mat[0, 0]))
-        self.loss_fn = PBIDRLoss(conf.get_config("loss"))
+        self.loss_fn = PBIDRLoss(self.conf.get_config("loss"))
+
+    def _build_optimiser(self) -> None:
+        """The texel solver's optimiser and schedule, or Adam over the networks (:func:`make_optimizer`)."""
         if self.solver == "texels":
             from pbidr.detail.solver import TexelSolver
 
-            self.texel_solver = TexelSolver(self.model, conf, self.data.mesh, self.scan_dir, device,
+            self.texel_solver = TexelSolver(self.model, self.conf, self.data.mesh, self.scan_dir, self.device,
                                             self.total_steps)
             self.optimizer, self.scheduler = self.texel_solver.optimizer, self.texel_solver.scheduler
         else:
-            self.optimizer, self.scheduler = make_optimizer(self.model, tc, self.epoch_len)
+            self.optimizer, self.scheduler = make_optimizer(self.model, self.conf.get_config("train"), self.epoch_len)
+
+    def _restore(self, checkpoint: dict[str, Any] | None) -> None:
+        """Step 0, or the checkpoint's model, optimiser, scheduler, step and RNG states (exact resume)."""
         self.step = 0
-        if resume_ckpt is not None:
-            self.model.load_state_dict(resume_ckpt["model"])
-            self.optimizer.load_state_dict(resume_ckpt["optimizer"])
-            self.scheduler.load_state_dict(resume_ckpt["scheduler"])
-            self.step = int(resume_ckpt["step"])
-            _set_rng_state(resume_ckpt["rng"], self.rng)
-        self._stop_signal: int | None = None
-        self.last_counts: dict[str, int] = {}
-        self._tb = None
-        for note in self._notes:
-            _warn(note, "note")
+        if checkpoint is not None:
+            self.model.load_state_dict(checkpoint["model"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+            self.step = int(checkpoint["step"])
+            _set_rng_state(checkpoint["rng"], self.rng)
 
     def _note_warning(self, text: str) -> None:
         _warn(text)
