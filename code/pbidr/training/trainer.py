@@ -161,6 +161,34 @@ class RunStart:
     checkpoint_path: Path | None = None
 
 
+@dataclass
+class StepResult:
+    """One loop step: the step's terms and its wall time (seconds)."""
+
+    terms: LossTerms | TexelTerms
+    seconds: float
+
+
+@dataclass
+class Cadence:
+    """When the loop writes a checkpoint (every ``checkpoint_freq`` steps and every ``checkpoint_seconds``
+    seconds; 0 = never) and a plot (every ``plot_freq`` steps)."""
+
+    checkpoint_freq: int
+    checkpoint_seconds: float
+    plot_freq: int
+
+
+@dataclass
+class LoopClock:
+    """The loop's clock: when it started (the time budget, the rates), the step it started at, and
+    when the steps timed for the run-time estimate began (after the first one)."""
+
+    t_start: float
+    start_step: int
+    t_timed: float | None = None
+
+
 class Trainer:
     def __init__(self, scan_dir: str | Path | None, exp_dir: str | Path, conf_path: str | Path | None = None,
                  overrides: dict[str, Any] | None = None, device: torch.device = torch.device("cpu"),
@@ -436,8 +464,36 @@ class Trainer:
 
     def _run_locked(self) -> TrainResult:
         tc = self.conf.get_config("train")
-        ckpt_freq, plot_freq = tc.get_int("checkpoint_freq"), tc.get_int("plot_freq")
-        ckpt_seconds = tc.get_float("checkpoint_seconds")
+        cadence = Cadence(checkpoint_freq=tc.get_int("checkpoint_freq"), plot_freq=tc.get_int("plot_freq"),
+                          checkpoint_seconds=tc.get_float("checkpoint_seconds"))
+        self._start_log()
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        clock = LoopClock(t_start=time.perf_counter(), start_step=self.step)
+        last: dict[str, float] = {}
+        bar = progress_bar(total=self.total_steps, initial=self.step, desc="train", unit="it",
+                           disable=not self.progress)
+        self._last_checkpoint_t = time.perf_counter()
+        try:
+            budget = tc.get_float("time_budget_s")
+            while self.step < self.total_steps and self._stop_signal is None:
+                if budget > 0 and time.perf_counter() - clock.t_start >= budget:
+                    self._log(f"# time budget of {budget:g} s reached at step {self.step}")
+                    break
+                step = self._step()
+                self._estimate_run_time(clock, budget)
+                last = step.terms.as_floats()
+                rays_s = self.batch_size / max(step.seconds, 1e-9)
+                self._log_step(bar, last, rays_s)
+                self._maybe_checkpoint(cadence)
+                self._maybe_plot(cadence)
+        finally:
+            bar.close()
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        return self._finish(clock, last, cadence)
+
+    def _start_log(self) -> None:
+        """run.conf and run.json for a new run, the not-done marker, and log.txt's notes and start line."""
         if self.step == 0:
             self._write_run_files()
         write_marker(self.exp_dir, "train", done=False, step=self.step, total_steps=self.total_steps)
@@ -446,78 +502,78 @@ class Trainer:
         self._log(f"# {datetime.now().isoformat(timespec='seconds')} start at step {self.step} of "
                   f"{self.total_steps} on {self.device}, {self.data.n_views} views at {self.data.hw}, "
                   f"batch {self.batch_size}")
-        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        t_start = time.perf_counter()
-        start_step = self.step
-        last: dict[str, float] = {}
-        bar = progress_bar(total=self.total_steps, initial=self.step, desc="train", unit="it",
-                           disable=not self.progress)
-        self._last_checkpoint_t = time.perf_counter()
+
+    def _step(self) -> StepResult:
+        """One training step, timed; a non-finite loss saves the last good state and stops the run."""
+        t0 = time.perf_counter()
         try:
-            budget = tc.get_float("time_budget_s")
-            while self.step < self.total_steps and self._stop_signal is None:
-                if budget > 0 and time.perf_counter() - t_start >= budget:
-                    self._log(f"# time budget of {budget:g} s reached at step {self.step}")
-                    break
-                t0 = time.perf_counter()
-                try:
-                    terms = self.train_step()
-                except FloatingPointError as exc:
-                    path = self.save_checkpoint()
-                    bad = exc.args[0].as_floats() if exc.args and hasattr(exc.args[0], "as_floats") else {}
-                    self._log(f"non-finite loss at step {self.step + 1}: {bad}")
-                    raise PbidrError(f"non-finite loss at step {self.step + 1} ({bad}); stopped; the last good "
-                                     f"state is {path} (lower train.learning_rate or check the data)") from None
-                dt = time.perf_counter() - t0
-                done_here = self.step - start_step
-                if done_here == 1:
-                    t_timed = time.perf_counter()
-                elif done_here == 1 + ESTIMATE_STEPS:
-                    note = long_run_warning((time.perf_counter() - t_timed) / ESTIMATE_STEPS,
-                                            self.total_steps - self.step, self.device, budget)
-                    if note:
-                        _warn(note, "note")
-                        self._log(f"# {note}")
-                last = terms.as_floats()
-                rays_s = self.batch_size / max(dt, 1e-9)
-                bar.update(1)
-                if self.texel_solver is not None:
-                    bar.set_postfix_str(" ".join(f"{k} {v:.4g}" for k, v in last.items()))
-                else:
-                    bar.set_postfix_str(f"loss {last['total']:.4f} rgb {last['rgb']:.4f} eik {last['eikonal']:.4f} "
-                                        f"mask {last['mask']:.4f} pull {last['mesh_pull']:.2e} "
-                                        f"nrm {last['normal']:.4f} {rays_s:.0f} rays/s")
-                if self.step % 10 == 0 or self.step == self.total_steps:
-                    lr = self.optimizer.param_groups[-1]["lr"]  # the appearance group (the only one for texels)
-                    self._log(f"step {self.step} " + " ".join(f"{k} {v:.6g}" for k, v in last.items())
-                              + f" lr {lr:.3g} alpha {self.alpha():.4g} rays/s {rays_s:.0f}"
-                              + (f" sdf_evals/ray {self.last_counts['n_sdf_evals'] / self.batch_size:.1f}"
-                                 f" trace_fallback {self.last_counts['n_trace_fallback']}" if self.last_counts else ""))
-                    tb = self._tensorboard()
-                    if tb:
-                        for k, v in last.items():
-                            tb.add_scalar(f"loss/{k}", v, self.step)
-                        tb.add_scalar("train/lr", lr, self.step)
-                        tb.add_scalar("train/alpha", self.alpha(), self.step)
-                        tb.add_scalar("train/rays_per_s", rays_s, self.step)
-                        if self.last_counts:
-                            tb.add_scalar("train/sdf_evals_per_ray", self.last_counts["n_sdf_evals"] / self.batch_size,
-                                          self.step)
-                if (ckpt_freq > 0 and self.step % ckpt_freq == 0) or (
-                        ckpt_seconds > 0 and time.perf_counter() - self._last_checkpoint_t >= ckpt_seconds):
-                    self.save_checkpoint()
-                if plot_freq > 0 and self.step % plot_freq == 0:
-                    self.plot()
-        finally:
-            bar.close()
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
+            terms = self.train_step()
+        except FloatingPointError as exc:
+            path = self.save_checkpoint()
+            bad = exc.args[0].as_floats() if exc.args and hasattr(exc.args[0], "as_floats") else {}
+            self._log(f"non-finite loss at step {self.step + 1}: {bad}")
+            raise PbidrError(f"non-finite loss at step {self.step + 1} ({bad}); stopped; the last good "
+                             f"state is {path} (lower train.learning_rate or check the data)") from None
+        return StepResult(terms=terms, seconds=time.perf_counter() - t0)
+
+    def _estimate_run_time(self, clock: LoopClock, budget: float) -> None:
+        """After the first ESTIMATE_STEPS timed steps, a note when the rest of the run will be long."""
+        done_here = self.step - clock.start_step
+        if done_here == 1:
+            clock.t_timed = time.perf_counter()
+        elif done_here == 1 + ESTIMATE_STEPS:
+            note = long_run_warning((time.perf_counter() - clock.t_timed) / ESTIMATE_STEPS,
+                                    self.total_steps - self.step, self.device, budget)
+            if note:
+                _warn(note, "note")
+                self._log(f"# {note}")
+
+    def _log_step(self, bar, last: dict[str, float], rays_s: float) -> None:
+        """The progress bar's line every step; log.txt's line and TensorBoard's scalars every 10 steps
+        and at the last."""
+        bar.update(1)
+        if self.texel_solver is not None:
+            bar.set_postfix_str(" ".join(f"{k} {v:.4g}" for k, v in last.items()))
+        else:
+            bar.set_postfix_str(f"loss {last['total']:.4f} rgb {last['rgb']:.4f} eik {last['eikonal']:.4f} "
+                                f"mask {last['mask']:.4f} pull {last['mesh_pull']:.2e} "
+                                f"nrm {last['normal']:.4f} {rays_s:.0f} rays/s")
+        if self.step % 10 == 0 or self.step == self.total_steps:
+            lr = self.optimizer.param_groups[-1]["lr"]  # the appearance group (the only one for texels)
+            self._log(f"step {self.step} " + " ".join(f"{k} {v:.6g}" for k, v in last.items())
+                      + f" lr {lr:.3g} alpha {self.alpha():.4g} rays/s {rays_s:.0f}"
+                      + (f" sdf_evals/ray {self.last_counts['n_sdf_evals'] / self.batch_size:.1f}"
+                         f" trace_fallback {self.last_counts['n_trace_fallback']}" if self.last_counts else ""))
+            tb = self._tensorboard()
+            if tb:
+                for k, v in last.items():
+                    tb.add_scalar(f"loss/{k}", v, self.step)
+                tb.add_scalar("train/lr", lr, self.step)
+                tb.add_scalar("train/alpha", self.alpha(), self.step)
+                tb.add_scalar("train/rays_per_s", rays_s, self.step)
+                if self.last_counts:
+                    tb.add_scalar("train/sdf_evals_per_ray", self.last_counts["n_sdf_evals"] / self.batch_size,
+                                  self.step)
+
+    def _maybe_checkpoint(self, cadence: Cadence) -> None:
+        if (cadence.checkpoint_freq > 0 and self.step % cadence.checkpoint_freq == 0) or (
+                cadence.checkpoint_seconds > 0
+                and time.perf_counter() - self._last_checkpoint_t >= cadence.checkpoint_seconds):
+            self.save_checkpoint()
+
+    def _maybe_plot(self, cadence: Cadence) -> None:
+        if cadence.plot_freq > 0 and self.step % cadence.plot_freq == 0:
+            self.plot()
+
+    def _finish(self, clock: LoopClock, last: dict[str, float], cadence: Cadence) -> TrainResult:
+        """The final checkpoint and plot (a plot unless interrupted or just written), log.txt's last
+        line, the marker (done when every step ran) and the run's result."""
         interrupted = self._stop_signal is not None
         self.save_checkpoint()
-        if not interrupted and (plot_freq <= 0 or self.step % plot_freq != 0):
+        if not interrupted and (cadence.plot_freq <= 0 or self.step % cadence.plot_freq != 0):
             self.plot()
-        seconds = time.perf_counter() - t_start
-        n = max(self.step - start_step, 1)
+        seconds = time.perf_counter() - clock.t_start
+        n = max(self.step - clock.start_step, 1)
         result = TrainResult(exp_dir=self.exp_dir, step=self.step, total_steps=self.total_steps, seconds=seconds,
                              rays_per_s=n * self.batch_size / max(seconds, 1e-9), s_per_iter=seconds / n,
                              last_losses=last, interrupted=interrupted)
