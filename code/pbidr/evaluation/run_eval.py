@@ -51,14 +51,17 @@ from pbidr.utils.outputs import check_output, stage_output
 
 # scipy, skimage and cv2 are imported where they are used, so that `pbidr --help` (whose eval parser,
 # pbidr.commands.eval, imports this module for its defaults) stays quick; torch comes in with the
-# checkpoint module (pbidr.training.checkpoints), and so do the conf, atomic-write and output modules.
+# checkpoint module (pbidr.training.checkpoints), and with it the conf, atomic-write and output modules;
+# pbidr.evaluation.metrics needs only numpy.
 if TYPE_CHECKING:
     import torch
+    from pyhocon import ConfigTree
 
     from pbidr.datasets.scan import ScanData
     from pbidr.evaluation.marching_cubes import LevelSet
     from pbidr.geometry.cameras import Camera
     from pbidr.io.mesh import TexturedMesh
+    from pbidr.model.pbidr_model import PBIDRModel
 
 SdfFn = Callable[["torch.Tensor"], "torch.Tensor"]
 
@@ -367,7 +370,7 @@ def parse_views(views: str | list[int] | None, n_views: int, scan_dir: Path | No
 
 
 # ------------------------------------------------------------------------------------------------
-# The whole eval
+# The whole eval: its options, the stages in order, and what each returns
 
 
 @dataclass
@@ -405,7 +408,7 @@ class EvalInputs:
     the scan's loaded views (``load_idx``, 0-based; ``cam_of`` view -> camera) and the starting band."""
 
     run: LoadedRun
-    model: Any
+    model: PBIDRModel
     sdf: SdfFn
     data: ScanData
     eval_views: list[int]
@@ -688,7 +691,7 @@ def _render_stage(inputs: EvalInputs, opts: EvalOptions, detailed_n: TexturedMes
     return report
 
 
-def _write_outputs(out: Path, reports: list[StageReport], band: float, conf, device: torch.device,
+def _write_outputs(out: Path, reports: list[StageReport], band: float, conf: ConfigTree, device: torch.device,
                    t_start: float) -> dict:
     """metrics.json: every stage's entries in stage order, then the band (world units), the timings
     (with the total since ``t_start``), peak memory, the notes and the conf. Returns the metrics."""
