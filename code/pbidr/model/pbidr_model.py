@@ -16,13 +16,11 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from pbidr.model.conf_defaults import model_conf
-from pbidr.model.mesh_guided_tracing import trace_rays_mesh_guided
-from pbidr.model.ray_tracing import RayTracerConfig, TraceResult, trace_rays
-from pbidr.model.sample_network import sample_network
 from pbidr.model.fields import PARAMETERISATIONS, make_sdf_field  # noqa: F401 (PARAMETERISATIONS: re-exported)
-from pbidr.model.shading import AlbedoNetwork, DiffuseShadingNetwork, SpecularShadingNetwork
-
-
+from pbidr.model.ray_tracing import RayTracerConfig, TraceResult
+from pbidr.model.sample_network import sample_network
+from pbidr.model.shading import make_shading_networks
+from pbidr.model.tracer import make_tracer
 
 
 @dataclass
@@ -131,6 +129,29 @@ class RenderOutput:
     n_sdf_evals: int
 
 
+@dataclass(frozen=True)
+class TrainingSampling:
+    """The training forward's sampling knobs of the ``model`` conf block (see its comments)."""
+
+    eikonal_uniform_ratio: float
+    second_surface_pass: bool
+    residual_lowpass_radius: float
+    residual_lowpass_samples: int
+    residual_lowpass_points: int
+    albedo_smoothness_step: float
+
+    @classmethod
+    def from_conf(cls, conf: Any) -> "TrainingSampling":
+        return cls(
+            eikonal_uniform_ratio=conf.get_float("eikonal_uniform_ratio"),
+            second_surface_pass=conf.get_bool("second_surface_pass"),
+            residual_lowpass_radius=conf.get_float("residual_lowpass_radius"),
+            residual_lowpass_samples=conf.get_int("residual_lowpass_samples"),
+            residual_lowpass_points=conf.get_int("residual_lowpass_points"),
+            albedo_smoothness_step=conf.get_float("albedo_smoothness_step"),
+        )
+
+
 @dataclass
 class _Shading:
     rgb: torch.Tensor
@@ -159,41 +180,22 @@ class PBIDRModel(nn.Module):
         conf = model_conf(conf)
         self.conf = conf
         feature_dim = conf.get_int("feature_vector_size")
-
         sc = conf.get_config("sdf_network")
         self.parameterisation = sc.get_string("parameterisation")
         self.coarse_to_fine_iters = sc.get_int("coarse_to_fine_iters")
+        # Built in this order, the order of their initialisation's random draws and of the state_dict.
         self.sdf_network = make_sdf_field(sc, feature_dim, conf)
-        dc = conf.get_config("diffuse_network")
-        self.diffuse_network = DiffuseShadingNetwork(
-            dims=dc.get_list("dims"), d_out=dc.get_int("d_out"),
-            weight_norm=dc.get_bool("weight_norm"), multires=dc.get_int("multires"),
-        )
-        spc = conf.get_config("specular_network")
-        self.specular_network = SpecularShadingNetwork(
-            dims=spc.get_list("dims"), d_out=spc.get_int("d_out"), weight_norm=spc.get_bool("weight_norm"),
-            multires_view=spc.get_int("multires_view"), multires_normal=spc.get_int("multires_normal"),
-        )
-        ac = conf.get_config("albedo_network")
-        self.albedo_network = AlbedoNetwork(
-            feature_dim=feature_dim, dims=ac.get_list("dims"),
-            weight_norm=ac.get_bool("weight_norm"), multires=ac.get_int("multires"),
-        )
-        for name, net in (("diffuse_network", self.diffuse_network), ("specular_network", self.specular_network)):
-            if net.d_out not in (1, 3):
-                raise ValueError(f"model.{name}.d_out must be 1 (grey) or 3 (rgb), got {net.d_out}")
-
+        self.diffuse_network, self.specular_network, self.albedo_network = make_shading_networks(conf, feature_dim)
         self.diffuse_normal = conf.get_string("diffuse_normal")
         if self.diffuse_normal not in ("coarse", "sdf"):
             raise ValueError(f"model.diffuse_normal must be 'coarse' or 'sdf', got {self.diffuse_normal!r}")
-        self.ray_tracer_config = RayTracerConfig.from_conf(conf.get_config("ray_tracer"))
-        self.eikonal_uniform_ratio = conf.get_float("eikonal_uniform_ratio")
-        self.second_surface_pass = conf.get_bool("second_surface_pass")
-        self.sdf_chunk = conf.get_int("sdf_chunk")
-        self.lowpass_radius = conf.get_float("residual_lowpass_radius")
-        self.lowpass_samples = conf.get_int("residual_lowpass_samples")
-        self.lowpass_points = conf.get_int("residual_lowpass_points")
-        self.albedo_step = conf.get_float("albedo_smoothness_step")
+        self.tracer = make_tracer(conf)
+        self.sampling = TrainingSampling.from_conf(conf)
+
+    @property
+    def ray_tracer_config(self) -> RayTracerConfig:
+        """The ``ray_tracer`` block the tracer was built from."""
+        return self.tracer.config
 
     # ------------------------------------------------------------------ coarse mesh and schedules
     @property
@@ -221,22 +223,14 @@ class PBIDRModel(nn.Module):
         mesh_depth: Optional[torch.Tensor] = None,
     ) -> TraceResult:
         """Ray tracing on the current SDF, without gradients, with the SDF net in eval mode (as IDR).
-        ``ray_tracer.mode`` picks the tracer: "idr" (faithful) or "mesh" (band search around
-        ``mesh_depth`` (N,), inf where the ray misses the coarse mesh; faithful without it)."""
+        ``ray_tracer.mode`` picks the tracer (``model.tracer``): "idr" (faithful) or "mesh" (band
+        search around ``mesh_depth`` (N,), inf where the ray misses the coarse mesh; faithful without it)."""
         was_training = self.sdf_network.training
         self.sdf_network.eval()
         try:
             # cached(): weight-normalised weights are computed once per trace, not once per SDF call.
             with torch.no_grad(), parametrize.cached():
-                if self.ray_tracer_config.mode == "mesh" and mesh_depth is not None:
-                    return trace_rays_mesh_guided(
-                        self.sdf_network.sdf, origins, dirs, object_mask, mesh_depth,
-                        config=self.ray_tracer_config, chunk=self.sdf_chunk,
-                    )
-                return trace_rays(
-                    self.sdf_network.sdf, origins, dirs, object_mask,
-                    config=self.ray_tracer_config, chunk=self.sdf_chunk,
-                )
+                return self.tracer(self.sdf_network.sdf, origins, dirs, object_mask, mesh_depth)
         finally:
             self.sdf_network.train(was_training)
 
@@ -279,7 +273,7 @@ class PBIDRModel(nn.Module):
 
         # One SDF pass over [traced points (N), uniform eikonal samples (U), coarse-mesh hits (P)].
         r = self.ray_tracer_config.object_bounding_sphere
-        n_uniform = int(round(self.eikonal_uniform_ratio * n))
+        n_uniform = int(round(self.sampling.eikonal_uniform_ratio * n))
         uniform = (torch.rand(n_uniform, 3, device=device, dtype=dtype) * 2.0 - 1.0) * r
         mesh_points = batch.mesh_points[pull_mask]
         all_points = torch.cat([trace.points, uniform, mesh_points], dim=0)
@@ -289,7 +283,7 @@ class PBIDRModel(nn.Module):
         surf_idx = surface_mask.nonzero().squeeze(-1)
         surf_dirs = batch.dirs[surf_idx]
         surface_points = sample_network(trace.points[surf_idx], surf_dirs, sdf[surf_idx], grad[surf_idx])
-        if self.second_surface_pass and surf_idx.numel() > 0:
+        if self.sampling.second_surface_pass and surf_idx.numel() > 0:
             # IDR's exact variant: feature and normal also depend on theta through x(theta).
             _, surf_feature, surf_grad = self.sdf_network.sdf_feature_gradient(surface_points, create_graph)
         else:
@@ -321,7 +315,7 @@ class PBIDRModel(nn.Module):
             sdf_normals=surf_grad[pull_in_surface],
             mesh_normals_sel=batch.mesh_normals[pull_mask],
             n_sdf_evals=trace.n_sdf_evals,
-            n_sdf_grad_evals=all_points.shape[0] + (surf_idx.numel() if self.second_surface_pass else 0),
+            n_sdf_grad_evals=all_points.shape[0] + (surf_idx.numel() if self.sampling.second_surface_pass else 0),
             n_trace_fallback=trace.n_fallback,
             mesh_sdf=mesh_sdf,
             residual_lowpass=lowpass,
@@ -332,11 +326,12 @@ class PBIDRModel(nn.Module):
                      features: torch.Tensor) -> torch.Tensor:
         """Albedo (K, 3) minus the albedo a small tangent step away (Retinex prior: penalised in L1,
         albedo becomes piecewise constant and smooth shading variation is left to the geometry)."""
-        if not self.albedo_step > 0 or points.shape[0] == 0:
+        step = self.sampling.albedo_smoothness_step
+        if not step > 0 or points.shape[0] == 0:
             return albedo.new_zeros(0, 3)
         direction = F.normalize(torch.randn_like(points), dim=-1)
         tangent = F.normalize(direction - (direction * normals).sum(-1, keepdim=True) * normals, dim=-1)
-        moved = points + self.albedo_step * tangent
+        moved = points + step * tangent
         return albedo - _to_unit_interval(self.albedo_network(moved, features.detach()))
 
     def _residual_lowpass(self, points: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
@@ -345,17 +340,19 @@ class PBIDRModel(nn.Module):
         drawn uniformly in the tangent disc of radius ``residual_lowpass_radius`` (projected back
         onto the mesh by the residual SDF). Penalising it keeps mm-scale drift out of the residual
         while leaving detail whose local mean is ~0 (wrinkles, bumps) free."""
-        if not (self.parameterisation == "coarse_residual" and self.lowpass_points > 0 and self.lowpass_samples > 0) or len(points) == 0:
+        s = self.sampling
+        if not (self.parameterisation == "coarse_residual" and s.residual_lowpass_points > 0
+                and s.residual_lowpass_samples > 0) or len(points) == 0:
             return points.new_zeros(0)
-        m = min(self.lowpass_points, points.shape[0])
+        m = min(s.residual_lowpass_points, points.shape[0])
         pick = torch.randperm(points.shape[0], device=points.device)[:m]
         p, n = points[pick], normals[pick]
         helper = torch.where(n[:, :1].abs() < 0.9, torch.tensor([1.0, 0.0, 0.0], device=p.device, dtype=p.dtype),
                              torch.tensor([0.0, 1.0, 0.0], device=p.device, dtype=p.dtype))
         t1 = F.normalize(torch.cross(n, helper, dim=-1), dim=-1)
         t2 = torch.cross(n, t1, dim=-1)
-        k = self.lowpass_samples
-        radius = self.lowpass_radius * torch.sqrt(torch.rand(m, k, 1, device=p.device, dtype=p.dtype))
+        k = s.residual_lowpass_samples
+        radius = s.residual_lowpass_radius * torch.sqrt(torch.rand(m, k, 1, device=p.device, dtype=p.dtype))
         angle = 2.0 * torch.pi * torch.rand(m, k, 1, device=p.device, dtype=p.dtype)
         offsets = radius * (torch.cos(angle) * t1[:, None] + torch.sin(angle) * t2[:, None])
         disc = torch.cat([p[:, None], p[:, None] + offsets], dim=1).reshape(-1, 3)
