@@ -171,6 +171,12 @@ def _scatter(n: int, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return out.index_copy(0, index, values)
 
 
+def _scattered(n: int, index: torch.Tensor, shading: _Shading) -> dict[str, torch.Tensor]:
+    """The shading of K rays as the render outputs of n rays, by field name: rows ``index`` (K,) hold
+    it, the others zeros."""
+    return {f.name: _scatter(n, index, getattr(shading, f.name)) for f in fields(_Shading)}
+
+
 class PBIDRModel(nn.Module):
     """Built from the ``model`` conf block (see ``conf_defaults.DEFAULT_MODEL_CONF``); missing keys
     take the defaults."""
@@ -298,11 +304,7 @@ class PBIDRModel(nn.Module):
         albedo_step = self._albedo_step(surface_points.detach(), shading.normals.detach(), shading.albedo, surf_feature)
 
         return ModelOutput(
-            rgb=_scatter(n, surf_idx, shading.rgb),
-            diffuse=_scatter(n, surf_idx, shading.diffuse),
-            specular=_scatter(n, surf_idx, shading.specular),
-            albedo=_scatter(n, surf_idx, shading.albedo),
-            normals=_scatter(n, surf_idx, shading.normals),
+            **_scattered(n, surf_idx, shading),
             points=trace.points,
             dists=trace.dists,
             network_object_mask=trace.hit,
@@ -376,21 +378,11 @@ class PBIDRModel(nn.Module):
         return RenderOutput(**cat, n_sdf_evals=sum(p.n_sdf_evals for p in parts))
 
     def _render_chunk(self, batch: RayBatch) -> RenderOutput:
-        n = batch.n_rays
         trace = self.trace(batch.origins, batch.dirs, None, batch.mesh_depth())
         idx = trace.hit.nonzero().squeeze(-1)
         points = trace.points[idx]
         _, feature, grad = self.sdf_network.sdf_feature_gradient(points, create_graph=False)
         shading = self._shade(points, feature.detach(), grad.detach(), batch.dirs[idx],
                               self._diffuse_input(batch)[idx])
-        return RenderOutput(
-            rgb=_scatter(n, idx, shading.rgb),
-            diffuse=_scatter(n, idx, shading.diffuse),
-            specular=_scatter(n, idx, shading.specular),
-            albedo=_scatter(n, idx, shading.albedo),
-            normals=_scatter(n, idx, shading.normals),
-            points=trace.points,
-            dists=trace.dists,
-            hit=trace.hit,
-            n_sdf_evals=trace.n_sdf_evals + points.shape[0],
-        )
+        return RenderOutput(**_scattered(batch.n_rays, idx, shading), points=trace.points, dists=trace.dists,
+                            hit=trace.hit, n_sdf_evals=trace.n_sdf_evals + points.shape[0])
