@@ -63,8 +63,46 @@ class RayBatch:
 
 
 @dataclass
+class GeometrySupervision:
+    """What the geometry losses compare, attached to the SDF's parameters. N rays, U uniform eikonal
+    samples, P = rays in ``mesh_hit & surface_mask``.
+
+    traced_sdf: (N,) SDF at the traced points: the mask loss uses it off ``surface_mask``.
+    eikonal_gradients: (N + U, 3) SDF gradients at the eikonal samples (the traced points, then the
+        uniform samples in the bounding cube).
+    mesh_pull_points: (P, 3) p' = p_mesh - grad f(p_mesh) f(p_mesh).
+    mesh_pull_targets: (P, 3) the differentiable traced surface points of the same rays.
+    sdf_normals: (P, 3) SDF gradient at those surface points (not normalised; the loss uses cosine).
+    mesh_normals: (P, 3) coarse-mesh normals of the same rays.
+    mesh_sdf: (P,) SDF at the coarse-mesh hits (the residual r there in coarse_residual mode).
+    """
+
+    traced_sdf: torch.Tensor
+    eikonal_gradients: torch.Tensor
+    mesh_pull_points: torch.Tensor
+    mesh_pull_targets: torch.Tensor
+    sdf_normals: torch.Tensor
+    mesh_normals: torch.Tensor
+    mesh_sdf: torch.Tensor
+
+
+@dataclass
+class RegulariserSamples:
+    """The detail mode's priors, sampled at random in the training forward; empty when off.
+
+    residual_lowpass: (M,) local mean of the residual over discs of radius residual_lowpass_radius
+        around M coarse-mesh hits (M > 0 only with residual_lowpass_points > 0 in coarse_residual mode).
+    albedo_step: (K, 3) albedo difference between each surface point and a point
+        albedo_smoothness_step away along a random tangent ((0, 3) when that step is 0).
+    """
+
+    residual_lowpass: torch.Tensor
+    albedo_step: torch.Tensor
+
+
+@dataclass
 class ModelOutput:
-    """Training forward of N rays. K = rays in ``surface_mask``, P = rays in ``mesh_hit & surface_mask``.
+    """Training forward of N rays. K = rays in ``surface_mask``.
 
     rgb, diffuse, specular, albedo: (N, 3); rgb in [-1, 1], the rest in [0, 1]; zeros off the surface.
     normals: (N, 3) unit SDF normals at the surface points, zeros elsewhere.
@@ -73,20 +111,11 @@ class ModelOutput:
     network_object_mask: (N,) bool, the ray hits the SDF surface.
     object_mask: (N,) bool, ground-truth silhouette.
     surface_mask: (N,) bool = network_object_mask & object_mask (where colour is rendered).
-    sdf_output: (N,) SDF at ``points`` (attached): the mask loss uses it off ``surface_mask``.
-    grad_theta: (M, 3) SDF gradients at the eikonal samples (the traced points and uniform samples).
-    mesh_pull_points: (P, 3) p' = p_mesh - grad f(p_mesh) f(p_mesh).
-    mesh_pull_targets: (P, 3) the differentiable traced surface points of the same rays.
-    sdf_normals: (P, 3) SDF gradient at those surface points (not normalised; the loss uses cosine).
-    mesh_normals_sel: (P, 3) coarse-mesh normals of the same rays.
+    geometry: the geometry losses' inputs (eikonal, mask, mesh pull, normal, residual).
+    regularisers: the detail mode's random prior samples (residual low-pass, albedo step).
     n_sdf_evals: points the ray tracer evaluated (no grad).
     n_sdf_grad_evals: points evaluated with gradients in the training pass.
     n_trace_fallback: rays the mesh-guided tracer handed to the faithful one (0 in IDR mode).
-    mesh_sdf: (P,) SDF at the coarse-mesh hits (the residual r there in coarse_residual mode).
-    residual_lowpass: (M,) local mean of the residual over discs of radius residual_lowpass_radius
-        around M of those hits (empty unless residual_lowpass_points > 0 in coarse_residual mode).
-    albedo_step: (K, 3) albedo difference between each surface point and a point
-        albedo_smoothness_step away along a random tangent (empty when that step is 0).
     """
 
     rgb: torch.Tensor
@@ -99,18 +128,11 @@ class ModelOutput:
     network_object_mask: torch.Tensor
     object_mask: torch.Tensor
     surface_mask: torch.Tensor
-    sdf_output: torch.Tensor
-    grad_theta: torch.Tensor
-    mesh_pull_points: torch.Tensor
-    mesh_pull_targets: torch.Tensor
-    sdf_normals: torch.Tensor
-    mesh_normals_sel: torch.Tensor
+    geometry: GeometrySupervision
+    regularisers: RegulariserSamples
     n_sdf_evals: int
     n_sdf_grad_evals: int
-    n_trace_fallback: int = 0
-    mesh_sdf: Optional[torch.Tensor] = None
-    residual_lowpass: Optional[torch.Tensor] = None
-    albedo_step: Optional[torch.Tensor] = None
+    n_trace_fallback: int
 
 
 @dataclass
@@ -159,6 +181,30 @@ class _Shading:
     specular: torch.Tensor
     albedo: torch.Tensor
     normals: torch.Tensor
+
+
+@dataclass
+class _NetworkPoints:
+    """The training pass's one SDF evaluation, with gradients, and the differentiable surface points.
+
+    sdf: (N + U + P,), grad: (N + U + P, 3) at [the N = ``n_traced`` traced points, U = ``n_uniform``
+        uniform eikonal samples, the P coarse-mesh hits of the pull rays (``mesh_points`` (P, 3))].
+    surface_index: (K,) the surface rays; surface_dirs (K, 3) their directions.
+    surface_points: (K, 3) x(theta) (sample network); surface_feature (K, F), surface_grad (K, 3) there.
+    n_grad_evals: points evaluated with gradients.
+    """
+
+    sdf: torch.Tensor
+    grad: torch.Tensor
+    n_traced: int
+    n_uniform: int
+    mesh_points: torch.Tensor
+    surface_index: torch.Tensor
+    surface_dirs: torch.Tensor
+    surface_points: torch.Tensor
+    surface_feature: torch.Tensor
+    surface_grad: torch.Tensor
+    n_grad_evals: int
 
 
 def _to_unit_interval(raw: torch.Tensor) -> torch.Tensor:
@@ -264,23 +310,39 @@ class PBIDRModel(nn.Module):
 
     # ------------------------------------------------------------------ training forward
     def forward(self, batch: RayBatch) -> ModelOutput:
-        """Training forward (IDR + PBIDR terms). Gradients of the SDF gradient are kept (create_graph)
-        when the module is in training mode and grad is enabled."""
+        """Training forward (IDR + PBIDR terms): trace, the network points (one SDF pass and the sample
+        network), shade, the mesh pull, the regularisers' samples, then the outputs. Gradients of the
+        SDF gradient are kept (create_graph) when the module is in training mode and grad is enabled."""
         if batch.object_mask is None:
             raise ValueError("PBIDRModel.forward needs batch.object_mask (use render_eval for rendering)")
-        n = batch.n_rays
-        device, dtype = batch.origins.device, batch.origins.dtype
         object_mask = batch.object_mask.reshape(-1).bool()
         mesh_hit = batch.mesh_hit.reshape(-1).bool()
-
         trace = self.trace(batch.origins, batch.dirs, object_mask, batch.mesh_depth())
         surface_mask = trace.hit & object_mask
         pull_mask = surface_mask & mesh_hit
+        net = self._network_points(batch, trace, surface_mask, pull_mask)
+        shading = self._shade(net.surface_points, net.surface_feature, net.surface_grad, net.surface_dirs,
+                              self._diffuse_input(batch)[net.surface_index])
+        pulled, mesh_sdf = self._mesh_pull(net)
+        regularisers = self._sample_regularisers(net, batch.mesh_normals[pull_mask], shading)
+        # The outputs' slices and scatters last, in this order: backward runs the graph's nodes by order
+        # of creation, which fixes the order it sums the gradients of a tensor used several times;
+        # runs stay bit-identical to those of the one-block forward this was split from.
+        render = _scattered(batch.n_rays, net.surface_index, shading)
+        return ModelOutput(
+            **render, points=trace.points, dists=trace.dists, network_object_mask=trace.hit,
+            object_mask=object_mask, surface_mask=surface_mask,
+            geometry=self._geometry_supervision(batch, net, pull_mask, pulled, mesh_sdf), regularisers=regularisers,
+            n_sdf_evals=trace.n_sdf_evals, n_sdf_grad_evals=net.n_grad_evals, n_trace_fallback=trace.n_fallback,
+        )
 
-        # One SDF pass over [traced points (N), uniform eikonal samples (U), coarse-mesh hits (P)].
-        r = self.ray_tracer_config.object_bounding_sphere
-        n_uniform = int(round(self.sampling.eikonal_uniform_ratio * n))
-        uniform = (torch.rand(n_uniform, 3, device=device, dtype=dtype) * 2.0 - 1.0) * r
+    def _network_points(self, batch: RayBatch, trace: TraceResult, surface_mask: torch.Tensor,
+                        pull_mask: torch.Tensor) -> _NetworkPoints:
+        """One SDF pass over [traced points (N), uniform eikonal samples (U), coarse-mesh hits of the
+        ``pull_mask`` rays (P)], then the sample network's differentiable points of the ``surface_mask``
+        rays (and, with ``second_surface_pass``, feature and gradient re-evaluated there)."""
+        n = batch.n_rays
+        uniform = self._eikonal_samples(n, batch.origins)
         mesh_points = batch.mesh_points[pull_mask]
         all_points = torch.cat([trace.points, uniform, mesh_points], dim=0)
         create_graph = self.training and torch.is_grad_enabled()
@@ -289,40 +351,60 @@ class PBIDRModel(nn.Module):
         surf_idx = surface_mask.nonzero().squeeze(-1)
         surf_dirs = batch.dirs[surf_idx]
         surface_points = sample_network(trace.points[surf_idx], surf_dirs, sdf[surf_idx], grad[surf_idx])
-        if self.sampling.second_surface_pass and surf_idx.numel() > 0:
+        second_pass = self.sampling.second_surface_pass
+        if second_pass and surf_idx.numel() > 0:
             # IDR's exact variant: feature and normal also depend on theta through x(theta).
             _, surf_feature, surf_grad = self.sdf_network.sdf_feature_gradient(surface_points, create_graph)
         else:
             surf_feature, surf_grad = feature[surf_idx], grad[surf_idx]
-        shading = self._shade(surface_points, surf_feature, surf_grad, surf_dirs, self._diffuse_input(batch)[surf_idx])
-
-        mesh_sdf = sdf[n + n_uniform :]
-        mesh_grad = grad[n + n_uniform :]
-        pulled = mesh_points - mesh_grad * mesh_sdf.unsqueeze(-1)
-        pull_in_surface = pull_mask[surf_idx]
-        lowpass = self._residual_lowpass(mesh_points, batch.mesh_normals[pull_mask])
-        albedo_step = self._albedo_step(surface_points.detach(), shading.normals.detach(), shading.albedo, surf_feature)
-
-        return ModelOutput(
-            **_scattered(n, surf_idx, shading),
-            points=trace.points,
-            dists=trace.dists,
-            network_object_mask=trace.hit,
-            object_mask=object_mask,
-            surface_mask=surface_mask,
-            sdf_output=sdf[:n],
-            grad_theta=grad[: n + n_uniform],
-            mesh_pull_points=pulled,
-            mesh_pull_targets=surface_points[pull_in_surface],
-            sdf_normals=surf_grad[pull_in_surface],
-            mesh_normals_sel=batch.mesh_normals[pull_mask],
-            n_sdf_evals=trace.n_sdf_evals,
-            n_sdf_grad_evals=all_points.shape[0] + (surf_idx.numel() if self.sampling.second_surface_pass else 0),
-            n_trace_fallback=trace.n_fallback,
-            mesh_sdf=mesh_sdf,
-            residual_lowpass=lowpass,
-            albedo_step=albedo_step,
+        return _NetworkPoints(
+            sdf=sdf, grad=grad, n_traced=n, n_uniform=uniform.shape[0], mesh_points=mesh_points,
+            surface_index=surf_idx, surface_dirs=surf_dirs, surface_points=surface_points,
+            surface_feature=surf_feature, surface_grad=surf_grad,
+            n_grad_evals=all_points.shape[0] + (surf_idx.numel() if second_pass else 0),
         )
+
+    def _eikonal_samples(self, n_rays: int, like: torch.Tensor) -> torch.Tensor:
+        """(U, 3) uniform eikonal samples in the cube [-r, r]^3 (r = object_bounding_sphere), U =
+        round(eikonal_uniform_ratio * n_rays); device and dtype of ``like``."""
+        r = self.ray_tracer_config.object_bounding_sphere
+        n_uniform = int(round(self.sampling.eikonal_uniform_ratio * n_rays))
+        return (torch.rand(n_uniform, 3, device=like.device, dtype=like.dtype) * 2.0 - 1.0) * r
+
+    @staticmethod
+    def _mesh_pull(net: _NetworkPoints) -> tuple[torch.Tensor, torch.Tensor]:
+        """The coarse-mesh hits p pulled onto the SDF's zero level set, p' = p - grad f(p) f(p) (P, 3),
+        and f(p) (P,)."""
+        start = net.n_traced + net.n_uniform
+        mesh_sdf = net.sdf[start:]
+        mesh_grad = net.grad[start:]
+        return net.mesh_points - mesh_grad * mesh_sdf.unsqueeze(-1), mesh_sdf
+
+    @staticmethod
+    def _geometry_supervision(batch: RayBatch, net: _NetworkPoints, pull_mask: torch.Tensor,
+                              mesh_pull_points: torch.Tensor, mesh_sdf: torch.Tensor) -> GeometrySupervision:
+        pull_in_surface = pull_mask[net.surface_index]
+        return GeometrySupervision(
+            traced_sdf=net.sdf[: net.n_traced],
+            eikonal_gradients=net.grad[: net.n_traced + net.n_uniform],
+            mesh_pull_points=mesh_pull_points,
+            mesh_pull_targets=net.surface_points[pull_in_surface],
+            sdf_normals=net.surface_grad[pull_in_surface],
+            mesh_normals=batch.mesh_normals[pull_mask],
+            mesh_sdf=mesh_sdf,
+        )
+
+    # ------------------------------------------------------------------ regularisers' samples
+    def _sample_regularisers(self, net: _NetworkPoints, mesh_normals: torch.Tensor, shading: _Shading
+                             ) -> RegulariserSamples:
+        """The detail mode's priors at random points: the residual's local mean around the coarse-mesh
+        hits (``mesh_normals`` (P, 3) their normals), then the albedo's change over a random tangent
+        step at the surface points. Drawn here, right after shading and in this order, from torch's
+        global RNG, so every run draws as it always did; the loss only reads them."""
+        lowpass = self._residual_lowpass(net.mesh_points, mesh_normals)
+        albedo_step = self._albedo_step(net.surface_points.detach(), shading.normals.detach(), shading.albedo,
+                                        net.surface_feature)
+        return RegulariserSamples(residual_lowpass=lowpass, albedo_step=albedo_step)
 
     def _albedo_step(self, points: torch.Tensor, normals: torch.Tensor, albedo: torch.Tensor,
                      features: torch.Tensor) -> torch.Tensor:
