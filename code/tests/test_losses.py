@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pbidr.errors import PbidrError
+from pbidr.model.pbidr_model import GeometrySupervision, RegulariserSamples
 from pbidr.training.losses import (
     PBIDRLoss,
     alpha_at,
@@ -75,22 +76,26 @@ def test_alpha_schedule():
 
 
 class _FakeOutput:
-    """The ModelOutput fields the loss reads."""
+    """The ModelOutput fields the loss reads: the masks, rgb, and the geometry and regularisers structs."""
 
     def __init__(self, n=6, p=3, requires_grad=True):
         g = torch.Generator().manual_seed(0)
         self.rgb = torch.rand(n, 3, generator=g).requires_grad_(requires_grad)
         self.surface_mask = torch.arange(n) < 3
         self.object_mask = torch.arange(n) < 4
-        self.sdf_output = torch.randn(n, generator=g).requires_grad_(requires_grad)
-        self.grad_theta = torch.randn(2 * n, 3, generator=g).requires_grad_(requires_grad)
-        self.mesh_pull_points = torch.randn(p, 3, generator=g).requires_grad_(requires_grad)
-        self.mesh_pull_targets = torch.randn(p, 3, generator=g).requires_grad_(requires_grad)
-        self.sdf_normals = torch.randn(p, 3, generator=g).requires_grad_(requires_grad)
-        self.mesh_normals_sel = torch.randn(p, 3, generator=g)
-        self.mesh_sdf = torch.randn(p, generator=g).requires_grad_(requires_grad)
-        self.residual_lowpass = torch.randn(2, generator=g).requires_grad_(requires_grad)
-        self.albedo_step = torch.randn(4, 3, generator=g).requires_grad_(requires_grad)
+        self.geometry = GeometrySupervision(
+            traced_sdf=torch.randn(n, generator=g).requires_grad_(requires_grad),
+            eikonal_gradients=torch.randn(2 * n, 3, generator=g).requires_grad_(requires_grad),
+            mesh_pull_points=torch.randn(p, 3, generator=g).requires_grad_(requires_grad),
+            mesh_pull_targets=torch.randn(p, 3, generator=g).requires_grad_(requires_grad),
+            sdf_normals=torch.randn(p, 3, generator=g).requires_grad_(requires_grad),
+            mesh_normals=torch.randn(p, 3, generator=g),
+            mesh_sdf=torch.randn(p, generator=g).requires_grad_(requires_grad),
+        )
+        self.regularisers = RegulariserSamples(
+            residual_lowpass=torch.randn(2, generator=g).requires_grad_(requires_grad),
+            albedo_step=torch.randn(4, 3, generator=g).requires_grad_(requires_grad),
+        )
 
 
 def test_total_is_weighted_sum_and_conf_overrides():
@@ -102,17 +107,17 @@ def test_total_is_weighted_sum_and_conf_overrides():
     torch.testing.assert_close(t.total, expected)
     assert all(v.dim() == 0 for v in (t.total, t.rgb, t.eikonal, t.mask, t.mesh_pull, t.normal))
     t.total.backward()
-    assert out.mesh_pull_targets.grad is not None
+    assert out.geometry.mesh_pull_targets.grad is not None
     detached = PBIDRLoss({"mesh_pull_detach_target": True})
     out2 = _FakeOutput()
     detached(out2, gt).total.backward()
-    assert out2.mesh_pull_targets.grad is None
+    assert out2.geometry.mesh_pull_targets.grad is None
     # The detail mode's terms: mean squares, weighted into the total, off by default.
     reg = PBIDRLoss({"residual_weight": 3.0, "residual_lowpass_weight": 7.0, "albedo_smoothness_weight": 2.0})(out2, gt)
-    torch.testing.assert_close(reg.residual, (out2.mesh_sdf ** 2).mean())
-    torch.testing.assert_close(reg.residual_lowpass, (out2.residual_lowpass ** 2).mean())
+    torch.testing.assert_close(reg.residual, (out2.geometry.mesh_sdf ** 2).mean())
+    torch.testing.assert_close(reg.residual_lowpass, (out2.regularisers.residual_lowpass ** 2).mean())
     plain = PBIDRLoss()(out2, gt)
-    torch.testing.assert_close(reg.albedo_smoothness, out2.albedo_step.abs().sum(-1).mean())
+    torch.testing.assert_close(reg.albedo_smoothness, out2.regularisers.albedo_step.abs().sum(-1).mean())
     torch.testing.assert_close(reg.total - plain.total,
                                3.0 * reg.residual + 7.0 * reg.residual_lowpass + 2.0 * reg.albedo_smoothness)
     with pytest.raises(PbidrError):

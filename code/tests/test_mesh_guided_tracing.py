@@ -1,6 +1,7 @@
 """The mesh-guided tracer (ray_tracer.mode = "mesh") on exact SDFs: band hits at the analytic depth,
 faithful fallback where the band has no sign change, IDR's min-SDF points outside the mask, far fewer
-SDF evaluations than the faithful tracer; and the PBIDR model training with it."""
+SDF evaluations than the faithful tracer; the tracer factory that picks it by mode; and the PBIDR model
+training with it."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import pytest
 import torch
 
 from pbidr.errors import PbidrError
+from pbidr.model.conf_defaults import model_conf
 from pbidr.model.mesh_guided_tracing import trace_rays_mesh_guided
 from pbidr.model.pbidr_model import PBIDRModel, RayBatch
 from pbidr.model.ray_tracing import RayTracerConfig, sphere_intersection, trace_rays
+from pbidr.model.tracer import make_tracer
 from pbidr.training.losses import PBIDRLoss
 
 MESH = RayTracerConfig(mode="mesh")
@@ -228,6 +231,27 @@ def test_config_mode_and_knobs():
         RayTracerConfig(mode="mesh", band_steps=1)
     with pytest.raises(PbidrError):
         PBIDRModel({"ray_tracer": {"bnad": 0.1}})
+
+
+
+def test_make_tracer_picks_the_tracer_by_mode():
+    """The model's one tracer factory: mode "mesh" searches the band when a mesh depth is given and
+    traces faithfully without one; mode "idr" ignores the mesh depth. Same numbers as calling the
+    tracer functions directly, with the conf's sdf_chunk."""
+    origins, dirs = pinhole_rays((0.0, 0.0, 3.0), n=24)
+    mesh_depth = sphere_depth(origins, dirs, 0.52)[0].float()
+    mesh = make_tracer(model_conf({"ray_tracer": {"mode": "mesh"}, "sdf_chunk": 97}))
+    idr = make_tracer(model_conf({}))
+    assert (mesh.config.mode, mesh.chunk, idr.config.mode) == ("mesh", 97, "idr")
+    assert mesh.config.line_step_iters == idr.config.line_step_iters == 3  # the conf's defaults, not IDR's
+    guided = trace_rays_mesh_guided(sphere_sdf(), origins, dirs, None, mesh_depth, mesh.config, chunk=97)
+    faithful = trace_rays(sphere_sdf(), origins, dirs, None, idr.config)
+    for res, ref in [(mesh(sphere_sdf(), origins, dirs, None, mesh_depth), guided),
+                     (mesh(sphere_sdf(), origins, dirs, None), trace_rays(sphere_sdf(), origins, dirs, None, mesh.config)),
+                     (idr(sphere_sdf(), origins, dirs, None, mesh_depth), faithful)]:
+        assert torch.equal(res.hit, ref.hit) and torch.equal(res.dists, ref.dists)
+        assert res.n_sdf_evals == ref.n_sdf_evals and res.n_fallback == ref.n_fallback
+    assert guided.n_sdf_evals < faithful.n_sdf_evals
 
 
 # ----------------------------------------------------------------------------- full model

@@ -228,15 +228,19 @@ def test_model_forward_backward_finite_grads():
         assert getattr(out, name).shape == (n, 3), name
     for name in ("rgb", "diffuse", "specular", "albedo", "normals"):
         assert (getattr(out, name)[~surf] == 0).all(), name
-    assert out.sdf_output.shape == (n,) and out.grad_theta.shape == (n + n // 2, 3)
+    geo = out.geometry
+    assert geo.traced_sdf.shape == (n,) and geo.eikonal_gradients.shape == (n + n // 2, 3)
     p = int((surf & batch.mesh_hit).sum())
-    for name in ("mesh_pull_points", "mesh_pull_targets", "sdf_normals", "mesh_normals_sel"):
-        assert getattr(out, name).shape == (p, 3), name
+    for name in ("mesh_pull_points", "mesh_pull_targets", "sdf_normals", "mesh_normals"):
+        assert getattr(geo, name).shape == (p, 3), name
+    assert geo.mesh_sdf.shape == (p,)
+    # The detail mode's priors are off in this conf: nothing sampled.
+    assert out.regularisers.residual_lowpass.shape == (0,) and out.regularisers.albedo_step.shape == (0, 3)
     # Differentiable surface points equal the traced ones in value; the SDF vanishes there.
-    torch.testing.assert_close(out.mesh_pull_targets, out.points[surf & batch.mesh_hit])
+    torch.testing.assert_close(geo.mesh_pull_targets, out.points[surf & batch.mesh_hit])
     # Sphere-traced hits stop at sdf <= 5e-5; IDR also accepts a front that a line search left
     # inside the surface (sdf < 0) when the SDF over-estimates distance (|grad| > 1 at init).
-    surf_sdf = out.sdf_output[surf].detach()
+    surf_sdf = geo.traced_sdf[surf].detach()
     assert (surf_sdf < 1e-3).all() and (surf_sdf.abs() < 1e-3).float().mean() > 0.9
     assert out.n_sdf_evals > 0 and out.n_sdf_grad_evals == n + n // 2 + p
 

@@ -16,13 +16,11 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from pbidr.model.conf_defaults import model_conf
-from pbidr.model.mesh_guided_tracing import trace_rays_mesh_guided
-from pbidr.model.ray_tracing import RayTracerConfig, TraceResult, trace_rays
-from pbidr.model.sample_network import sample_network
 from pbidr.model.fields import PARAMETERISATIONS, make_sdf_field  # noqa: F401 (PARAMETERISATIONS: re-exported)
-from pbidr.model.shading import AlbedoNetwork, DiffuseShadingNetwork, SpecularShadingNetwork
-
-
+from pbidr.model.ray_tracing import RayTracerConfig, TraceResult
+from pbidr.model.sample_network import sample_network
+from pbidr.model.shading import make_shading_networks
+from pbidr.model.tracer import make_tracer
 
 
 @dataclass
@@ -65,8 +63,46 @@ class RayBatch:
 
 
 @dataclass
+class GeometrySupervision:
+    """What the geometry losses compare, attached to the SDF's parameters. N rays, U uniform eikonal
+    samples, P = rays in ``mesh_hit & surface_mask``.
+
+    traced_sdf: (N,) SDF at the traced points: the mask loss uses it off ``surface_mask``.
+    eikonal_gradients: (N + U, 3) SDF gradients at the eikonal samples (the traced points, then the
+        uniform samples in the bounding cube).
+    mesh_pull_points: (P, 3) p' = p_mesh - grad f(p_mesh) f(p_mesh).
+    mesh_pull_targets: (P, 3) the differentiable traced surface points of the same rays.
+    sdf_normals: (P, 3) SDF gradient at those surface points (not normalised; the loss uses cosine).
+    mesh_normals: (P, 3) coarse-mesh normals of the same rays.
+    mesh_sdf: (P,) SDF at the coarse-mesh hits (the residual r there in coarse_residual mode).
+    """
+
+    traced_sdf: torch.Tensor
+    eikonal_gradients: torch.Tensor
+    mesh_pull_points: torch.Tensor
+    mesh_pull_targets: torch.Tensor
+    sdf_normals: torch.Tensor
+    mesh_normals: torch.Tensor
+    mesh_sdf: torch.Tensor
+
+
+@dataclass
+class RegulariserSamples:
+    """The detail mode's priors, sampled at random in the training forward; empty when off.
+
+    residual_lowpass: (M,) local mean of the residual over discs of radius residual_lowpass_radius
+        around M coarse-mesh hits (M > 0 only with residual_lowpass_points > 0 in coarse_residual mode).
+    albedo_step: (K, 3) albedo difference between each surface point and a point
+        albedo_smoothness_step away along a random tangent ((0, 3) when that step is 0).
+    """
+
+    residual_lowpass: torch.Tensor
+    albedo_step: torch.Tensor
+
+
+@dataclass
 class ModelOutput:
-    """Training forward of N rays. K = rays in ``surface_mask``, P = rays in ``mesh_hit & surface_mask``.
+    """Training forward of N rays. K = rays in ``surface_mask``.
 
     rgb, diffuse, specular, albedo: (N, 3); rgb in [-1, 1], the rest in [0, 1]; zeros off the surface.
     normals: (N, 3) unit SDF normals at the surface points, zeros elsewhere.
@@ -75,20 +111,11 @@ class ModelOutput:
     network_object_mask: (N,) bool, the ray hits the SDF surface.
     object_mask: (N,) bool, ground-truth silhouette.
     surface_mask: (N,) bool = network_object_mask & object_mask (where colour is rendered).
-    sdf_output: (N,) SDF at ``points`` (attached): the mask loss uses it off ``surface_mask``.
-    grad_theta: (M, 3) SDF gradients at the eikonal samples (the traced points and uniform samples).
-    mesh_pull_points: (P, 3) p' = p_mesh - grad f(p_mesh) f(p_mesh).
-    mesh_pull_targets: (P, 3) the differentiable traced surface points of the same rays.
-    sdf_normals: (P, 3) SDF gradient at those surface points (not normalised; the loss uses cosine).
-    mesh_normals_sel: (P, 3) coarse-mesh normals of the same rays.
+    geometry: the geometry losses' inputs (eikonal, mask, mesh pull, normal, residual).
+    regularisers: the detail mode's random prior samples (residual low-pass, albedo step).
     n_sdf_evals: points the ray tracer evaluated (no grad).
     n_sdf_grad_evals: points evaluated with gradients in the training pass.
     n_trace_fallback: rays the mesh-guided tracer handed to the faithful one (0 in IDR mode).
-    mesh_sdf: (P,) SDF at the coarse-mesh hits (the residual r there in coarse_residual mode).
-    residual_lowpass: (M,) local mean of the residual over discs of radius residual_lowpass_radius
-        around M of those hits (empty unless residual_lowpass_points > 0 in coarse_residual mode).
-    albedo_step: (K, 3) albedo difference between each surface point and a point
-        albedo_smoothness_step away along a random tangent (empty when that step is 0).
     """
 
     rgb: torch.Tensor
@@ -101,18 +128,11 @@ class ModelOutput:
     network_object_mask: torch.Tensor
     object_mask: torch.Tensor
     surface_mask: torch.Tensor
-    sdf_output: torch.Tensor
-    grad_theta: torch.Tensor
-    mesh_pull_points: torch.Tensor
-    mesh_pull_targets: torch.Tensor
-    sdf_normals: torch.Tensor
-    mesh_normals_sel: torch.Tensor
+    geometry: GeometrySupervision
+    regularisers: RegulariserSamples
     n_sdf_evals: int
     n_sdf_grad_evals: int
-    n_trace_fallback: int = 0
-    mesh_sdf: Optional[torch.Tensor] = None
-    residual_lowpass: Optional[torch.Tensor] = None
-    albedo_step: Optional[torch.Tensor] = None
+    n_trace_fallback: int
 
 
 @dataclass
@@ -131,6 +151,29 @@ class RenderOutput:
     n_sdf_evals: int
 
 
+@dataclass(frozen=True)
+class TrainingSampling:
+    """The training forward's sampling knobs of the ``model`` conf block (see its comments)."""
+
+    eikonal_uniform_ratio: float
+    second_surface_pass: bool
+    residual_lowpass_radius: float
+    residual_lowpass_samples: int
+    residual_lowpass_points: int
+    albedo_smoothness_step: float
+
+    @classmethod
+    def from_conf(cls, conf: Any) -> "TrainingSampling":
+        return cls(
+            eikonal_uniform_ratio=conf.get_float("eikonal_uniform_ratio"),
+            second_surface_pass=conf.get_bool("second_surface_pass"),
+            residual_lowpass_radius=conf.get_float("residual_lowpass_radius"),
+            residual_lowpass_samples=conf.get_int("residual_lowpass_samples"),
+            residual_lowpass_points=conf.get_int("residual_lowpass_points"),
+            albedo_smoothness_step=conf.get_float("albedo_smoothness_step"),
+        )
+
+
 @dataclass
 class _Shading:
     rgb: torch.Tensor
@@ -138,6 +181,30 @@ class _Shading:
     specular: torch.Tensor
     albedo: torch.Tensor
     normals: torch.Tensor
+
+
+@dataclass
+class _NetworkPoints:
+    """The training pass's one SDF evaluation, with gradients, and the differentiable surface points.
+
+    sdf: (N + U + P,), grad: (N + U + P, 3) at [the N = ``n_traced`` traced points, U = ``n_uniform``
+        uniform eikonal samples, the P coarse-mesh hits of the pull rays (``mesh_points`` (P, 3))].
+    surface_index: (K,) the surface rays; surface_dirs (K, 3) their directions.
+    surface_points: (K, 3) x(theta) (sample network); surface_feature (K, F), surface_grad (K, 3) there.
+    n_grad_evals: points evaluated with gradients.
+    """
+
+    sdf: torch.Tensor
+    grad: torch.Tensor
+    n_traced: int
+    n_uniform: int
+    mesh_points: torch.Tensor
+    surface_index: torch.Tensor
+    surface_dirs: torch.Tensor
+    surface_points: torch.Tensor
+    surface_feature: torch.Tensor
+    surface_grad: torch.Tensor
+    n_grad_evals: int
 
 
 def _to_unit_interval(raw: torch.Tensor) -> torch.Tensor:
@@ -150,6 +217,12 @@ def _scatter(n: int, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return out.index_copy(0, index, values)
 
 
+def _scattered(n: int, index: torch.Tensor, shading: _Shading) -> dict[str, torch.Tensor]:
+    """The shading of K rays as the render outputs of n rays, by field name: rows ``index`` (K,) hold
+    it, the others zeros."""
+    return {f.name: _scatter(n, index, getattr(shading, f.name)) for f in fields(_Shading)}
+
+
 class PBIDRModel(nn.Module):
     """Built from the ``model`` conf block (see ``conf_defaults.DEFAULT_MODEL_CONF``); missing keys
     take the defaults."""
@@ -159,41 +232,22 @@ class PBIDRModel(nn.Module):
         conf = model_conf(conf)
         self.conf = conf
         feature_dim = conf.get_int("feature_vector_size")
-
         sc = conf.get_config("sdf_network")
         self.parameterisation = sc.get_string("parameterisation")
         self.coarse_to_fine_iters = sc.get_int("coarse_to_fine_iters")
+        # Built in this order, the order of their initialisation's random draws and of the state_dict.
         self.sdf_network = make_sdf_field(sc, feature_dim, conf)
-        dc = conf.get_config("diffuse_network")
-        self.diffuse_network = DiffuseShadingNetwork(
-            dims=dc.get_list("dims"), d_out=dc.get_int("d_out"),
-            weight_norm=dc.get_bool("weight_norm"), multires=dc.get_int("multires"),
-        )
-        spc = conf.get_config("specular_network")
-        self.specular_network = SpecularShadingNetwork(
-            dims=spc.get_list("dims"), d_out=spc.get_int("d_out"), weight_norm=spc.get_bool("weight_norm"),
-            multires_view=spc.get_int("multires_view"), multires_normal=spc.get_int("multires_normal"),
-        )
-        ac = conf.get_config("albedo_network")
-        self.albedo_network = AlbedoNetwork(
-            feature_dim=feature_dim, dims=ac.get_list("dims"),
-            weight_norm=ac.get_bool("weight_norm"), multires=ac.get_int("multires"),
-        )
-        for name, net in (("diffuse_network", self.diffuse_network), ("specular_network", self.specular_network)):
-            if net.d_out not in (1, 3):
-                raise ValueError(f"model.{name}.d_out must be 1 (grey) or 3 (rgb), got {net.d_out}")
-
+        self.diffuse_network, self.specular_network, self.albedo_network = make_shading_networks(conf, feature_dim)
         self.diffuse_normal = conf.get_string("diffuse_normal")
         if self.diffuse_normal not in ("coarse", "sdf"):
             raise ValueError(f"model.diffuse_normal must be 'coarse' or 'sdf', got {self.diffuse_normal!r}")
-        self.ray_tracer_config = RayTracerConfig.from_conf(conf.get_config("ray_tracer"))
-        self.eikonal_uniform_ratio = conf.get_float("eikonal_uniform_ratio")
-        self.second_surface_pass = conf.get_bool("second_surface_pass")
-        self.sdf_chunk = conf.get_int("sdf_chunk")
-        self.lowpass_radius = conf.get_float("residual_lowpass_radius")
-        self.lowpass_samples = conf.get_int("residual_lowpass_samples")
-        self.lowpass_points = conf.get_int("residual_lowpass_points")
-        self.albedo_step = conf.get_float("albedo_smoothness_step")
+        self.tracer = make_tracer(conf)
+        self.sampling = TrainingSampling.from_conf(conf)
+
+    @property
+    def ray_tracer_config(self) -> RayTracerConfig:
+        """The ``ray_tracer`` block the tracer was built from."""
+        return self.tracer.config
 
     # ------------------------------------------------------------------ coarse mesh and schedules
     @property
@@ -221,22 +275,14 @@ class PBIDRModel(nn.Module):
         mesh_depth: Optional[torch.Tensor] = None,
     ) -> TraceResult:
         """Ray tracing on the current SDF, without gradients, with the SDF net in eval mode (as IDR).
-        ``ray_tracer.mode`` picks the tracer: "idr" (faithful) or "mesh" (band search around
-        ``mesh_depth`` (N,), inf where the ray misses the coarse mesh; faithful without it)."""
+        ``ray_tracer.mode`` picks the tracer (``model.tracer``): "idr" (faithful) or "mesh" (band
+        search around ``mesh_depth`` (N,), inf where the ray misses the coarse mesh; faithful without it)."""
         was_training = self.sdf_network.training
         self.sdf_network.eval()
         try:
             # cached(): weight-normalised weights are computed once per trace, not once per SDF call.
             with torch.no_grad(), parametrize.cached():
-                if self.ray_tracer_config.mode == "mesh" and mesh_depth is not None:
-                    return trace_rays_mesh_guided(
-                        self.sdf_network.sdf, origins, dirs, object_mask, mesh_depth,
-                        config=self.ray_tracer_config, chunk=self.sdf_chunk,
-                    )
-                return trace_rays(
-                    self.sdf_network.sdf, origins, dirs, object_mask,
-                    config=self.ray_tracer_config, chunk=self.sdf_chunk,
-                )
+                return self.tracer(self.sdf_network.sdf, origins, dirs, object_mask, mesh_depth)
         finally:
             self.sdf_network.train(was_training)
 
@@ -264,23 +310,39 @@ class PBIDRModel(nn.Module):
 
     # ------------------------------------------------------------------ training forward
     def forward(self, batch: RayBatch) -> ModelOutput:
-        """Training forward (IDR + PBIDR terms). Gradients of the SDF gradient are kept (create_graph)
-        when the module is in training mode and grad is enabled."""
+        """Training forward (IDR + PBIDR terms): trace, the network points (one SDF pass and the sample
+        network), shade, the mesh pull, the regularisers' samples, then the outputs. Gradients of the
+        SDF gradient are kept (create_graph) when the module is in training mode and grad is enabled."""
         if batch.object_mask is None:
             raise ValueError("PBIDRModel.forward needs batch.object_mask (use render_eval for rendering)")
-        n = batch.n_rays
-        device, dtype = batch.origins.device, batch.origins.dtype
         object_mask = batch.object_mask.reshape(-1).bool()
         mesh_hit = batch.mesh_hit.reshape(-1).bool()
-
         trace = self.trace(batch.origins, batch.dirs, object_mask, batch.mesh_depth())
         surface_mask = trace.hit & object_mask
         pull_mask = surface_mask & mesh_hit
+        net = self._network_points(batch, trace, surface_mask, pull_mask)
+        shading = self._shade(net.surface_points, net.surface_feature, net.surface_grad, net.surface_dirs,
+                              self._diffuse_input(batch)[net.surface_index])
+        pulled, mesh_sdf = self._mesh_pull(net)
+        regularisers = self._sample_regularisers(net, batch.mesh_normals[pull_mask], shading)
+        # The outputs' slices and scatters last, in this order: backward runs the graph's nodes by order
+        # of creation, which fixes the order it sums the gradients of a tensor used several times;
+        # runs stay bit-identical to those of the one-block forward this was split from.
+        render = _scattered(batch.n_rays, net.surface_index, shading)
+        return ModelOutput(
+            **render, points=trace.points, dists=trace.dists, network_object_mask=trace.hit,
+            object_mask=object_mask, surface_mask=surface_mask,
+            geometry=self._geometry_supervision(batch, net, pull_mask, pulled, mesh_sdf), regularisers=regularisers,
+            n_sdf_evals=trace.n_sdf_evals, n_sdf_grad_evals=net.n_grad_evals, n_trace_fallback=trace.n_fallback,
+        )
 
-        # One SDF pass over [traced points (N), uniform eikonal samples (U), coarse-mesh hits (P)].
-        r = self.ray_tracer_config.object_bounding_sphere
-        n_uniform = int(round(self.eikonal_uniform_ratio * n))
-        uniform = (torch.rand(n_uniform, 3, device=device, dtype=dtype) * 2.0 - 1.0) * r
+    def _network_points(self, batch: RayBatch, trace: TraceResult, surface_mask: torch.Tensor,
+                        pull_mask: torch.Tensor) -> _NetworkPoints:
+        """One SDF pass over [traced points (N), uniform eikonal samples (U), coarse-mesh hits of the
+        ``pull_mask`` rays (P)], then the sample network's differentiable points of the ``surface_mask``
+        rays (and, with ``second_surface_pass``, feature and gradient re-evaluated there)."""
+        n = batch.n_rays
+        uniform = self._eikonal_samples(n, batch.origins)
         mesh_points = batch.mesh_points[pull_mask]
         all_points = torch.cat([trace.points, uniform, mesh_points], dim=0)
         create_graph = self.training and torch.is_grad_enabled()
@@ -289,54 +351,71 @@ class PBIDRModel(nn.Module):
         surf_idx = surface_mask.nonzero().squeeze(-1)
         surf_dirs = batch.dirs[surf_idx]
         surface_points = sample_network(trace.points[surf_idx], surf_dirs, sdf[surf_idx], grad[surf_idx])
-        if self.second_surface_pass and surf_idx.numel() > 0:
+        second_pass = self.sampling.second_surface_pass
+        if second_pass and surf_idx.numel() > 0:
             # IDR's exact variant: feature and normal also depend on theta through x(theta).
             _, surf_feature, surf_grad = self.sdf_network.sdf_feature_gradient(surface_points, create_graph)
         else:
             surf_feature, surf_grad = feature[surf_idx], grad[surf_idx]
-        shading = self._shade(surface_points, surf_feature, surf_grad, surf_dirs, self._diffuse_input(batch)[surf_idx])
-
-        mesh_sdf = sdf[n + n_uniform :]
-        mesh_grad = grad[n + n_uniform :]
-        pulled = mesh_points - mesh_grad * mesh_sdf.unsqueeze(-1)
-        pull_in_surface = pull_mask[surf_idx]
-        lowpass = self._residual_lowpass(mesh_points, batch.mesh_normals[pull_mask])
-        albedo_step = self._albedo_step(surface_points.detach(), shading.normals.detach(), shading.albedo, surf_feature)
-
-        return ModelOutput(
-            rgb=_scatter(n, surf_idx, shading.rgb),
-            diffuse=_scatter(n, surf_idx, shading.diffuse),
-            specular=_scatter(n, surf_idx, shading.specular),
-            albedo=_scatter(n, surf_idx, shading.albedo),
-            normals=_scatter(n, surf_idx, shading.normals),
-            points=trace.points,
-            dists=trace.dists,
-            network_object_mask=trace.hit,
-            object_mask=object_mask,
-            surface_mask=surface_mask,
-            sdf_output=sdf[:n],
-            grad_theta=grad[: n + n_uniform],
-            mesh_pull_points=pulled,
-            mesh_pull_targets=surface_points[pull_in_surface],
-            sdf_normals=surf_grad[pull_in_surface],
-            mesh_normals_sel=batch.mesh_normals[pull_mask],
-            n_sdf_evals=trace.n_sdf_evals,
-            n_sdf_grad_evals=all_points.shape[0] + (surf_idx.numel() if self.second_surface_pass else 0),
-            n_trace_fallback=trace.n_fallback,
-            mesh_sdf=mesh_sdf,
-            residual_lowpass=lowpass,
-            albedo_step=albedo_step,
+        return _NetworkPoints(
+            sdf=sdf, grad=grad, n_traced=n, n_uniform=uniform.shape[0], mesh_points=mesh_points,
+            surface_index=surf_idx, surface_dirs=surf_dirs, surface_points=surface_points,
+            surface_feature=surf_feature, surface_grad=surf_grad,
+            n_grad_evals=all_points.shape[0] + (surf_idx.numel() if second_pass else 0),
         )
+
+    def _eikonal_samples(self, n_rays: int, like: torch.Tensor) -> torch.Tensor:
+        """(U, 3) uniform eikonal samples in the cube [-r, r]^3 (r = object_bounding_sphere), U =
+        round(eikonal_uniform_ratio * n_rays); device and dtype of ``like``."""
+        r = self.ray_tracer_config.object_bounding_sphere
+        n_uniform = int(round(self.sampling.eikonal_uniform_ratio * n_rays))
+        return (torch.rand(n_uniform, 3, device=like.device, dtype=like.dtype) * 2.0 - 1.0) * r
+
+    @staticmethod
+    def _mesh_pull(net: _NetworkPoints) -> tuple[torch.Tensor, torch.Tensor]:
+        """The coarse-mesh hits p pulled onto the SDF's zero level set, p' = p - grad f(p) f(p) (P, 3),
+        and f(p) (P,)."""
+        start = net.n_traced + net.n_uniform
+        mesh_sdf = net.sdf[start:]
+        mesh_grad = net.grad[start:]
+        return net.mesh_points - mesh_grad * mesh_sdf.unsqueeze(-1), mesh_sdf
+
+    @staticmethod
+    def _geometry_supervision(batch: RayBatch, net: _NetworkPoints, pull_mask: torch.Tensor,
+                              mesh_pull_points: torch.Tensor, mesh_sdf: torch.Tensor) -> GeometrySupervision:
+        pull_in_surface = pull_mask[net.surface_index]
+        return GeometrySupervision(
+            traced_sdf=net.sdf[: net.n_traced],
+            eikonal_gradients=net.grad[: net.n_traced + net.n_uniform],
+            mesh_pull_points=mesh_pull_points,
+            mesh_pull_targets=net.surface_points[pull_in_surface],
+            sdf_normals=net.surface_grad[pull_in_surface],
+            mesh_normals=batch.mesh_normals[pull_mask],
+            mesh_sdf=mesh_sdf,
+        )
+
+    # ------------------------------------------------------------------ regularisers' samples
+    def _sample_regularisers(self, net: _NetworkPoints, mesh_normals: torch.Tensor, shading: _Shading
+                             ) -> RegulariserSamples:
+        """The detail mode's priors at random points: the residual's local mean around the coarse-mesh
+        hits (``mesh_normals`` (P, 3) their normals), then the albedo's change over a random tangent
+        step at the surface points. Drawn here, right after shading and in this order, from torch's
+        global RNG, so every run draws as it always did; the loss only reads them."""
+        lowpass = self._residual_lowpass(net.mesh_points, mesh_normals)
+        albedo_step = self._albedo_step(net.surface_points.detach(), shading.normals.detach(), shading.albedo,
+                                        net.surface_feature)
+        return RegulariserSamples(residual_lowpass=lowpass, albedo_step=albedo_step)
 
     def _albedo_step(self, points: torch.Tensor, normals: torch.Tensor, albedo: torch.Tensor,
                      features: torch.Tensor) -> torch.Tensor:
         """Albedo (K, 3) minus the albedo a small tangent step away (Retinex prior: penalised in L1,
         albedo becomes piecewise constant and smooth shading variation is left to the geometry)."""
-        if not self.albedo_step > 0 or points.shape[0] == 0:
+        step = self.sampling.albedo_smoothness_step
+        if not step > 0 or points.shape[0] == 0:
             return albedo.new_zeros(0, 3)
         direction = F.normalize(torch.randn_like(points), dim=-1)
         tangent = F.normalize(direction - (direction * normals).sum(-1, keepdim=True) * normals, dim=-1)
-        moved = points + self.albedo_step * tangent
+        moved = points + step * tangent
         return albedo - _to_unit_interval(self.albedo_network(moved, features.detach()))
 
     def _residual_lowpass(self, points: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
@@ -345,17 +424,19 @@ class PBIDRModel(nn.Module):
         drawn uniformly in the tangent disc of radius ``residual_lowpass_radius`` (projected back
         onto the mesh by the residual SDF). Penalising it keeps mm-scale drift out of the residual
         while leaving detail whose local mean is ~0 (wrinkles, bumps) free."""
-        if not (self.parameterisation == "coarse_residual" and self.lowpass_points > 0 and self.lowpass_samples > 0) or len(points) == 0:
+        s = self.sampling
+        if not (self.parameterisation == "coarse_residual" and s.residual_lowpass_points > 0
+                and s.residual_lowpass_samples > 0) or len(points) == 0:
             return points.new_zeros(0)
-        m = min(self.lowpass_points, points.shape[0])
+        m = min(s.residual_lowpass_points, points.shape[0])
         pick = torch.randperm(points.shape[0], device=points.device)[:m]
         p, n = points[pick], normals[pick]
         helper = torch.where(n[:, :1].abs() < 0.9, torch.tensor([1.0, 0.0, 0.0], device=p.device, dtype=p.dtype),
                              torch.tensor([0.0, 1.0, 0.0], device=p.device, dtype=p.dtype))
         t1 = F.normalize(torch.cross(n, helper, dim=-1), dim=-1)
         t2 = torch.cross(n, t1, dim=-1)
-        k = self.lowpass_samples
-        radius = self.lowpass_radius * torch.sqrt(torch.rand(m, k, 1, device=p.device, dtype=p.dtype))
+        k = s.residual_lowpass_samples
+        radius = s.residual_lowpass_radius * torch.sqrt(torch.rand(m, k, 1, device=p.device, dtype=p.dtype))
         angle = 2.0 * torch.pi * torch.rand(m, k, 1, device=p.device, dtype=p.dtype)
         offsets = radius * (torch.cos(angle) * t1[:, None] + torch.sin(angle) * t2[:, None])
         disc = torch.cat([p[:, None], p[:, None] + offsets], dim=1).reshape(-1, 3)
@@ -379,21 +460,11 @@ class PBIDRModel(nn.Module):
         return RenderOutput(**cat, n_sdf_evals=sum(p.n_sdf_evals for p in parts))
 
     def _render_chunk(self, batch: RayBatch) -> RenderOutput:
-        n = batch.n_rays
         trace = self.trace(batch.origins, batch.dirs, None, batch.mesh_depth())
         idx = trace.hit.nonzero().squeeze(-1)
         points = trace.points[idx]
         _, feature, grad = self.sdf_network.sdf_feature_gradient(points, create_graph=False)
         shading = self._shade(points, feature.detach(), grad.detach(), batch.dirs[idx],
                               self._diffuse_input(batch)[idx])
-        return RenderOutput(
-            rgb=_scatter(n, idx, shading.rgb),
-            diffuse=_scatter(n, idx, shading.diffuse),
-            specular=_scatter(n, idx, shading.specular),
-            albedo=_scatter(n, idx, shading.albedo),
-            normals=_scatter(n, idx, shading.normals),
-            points=trace.points,
-            dists=trace.dists,
-            hit=trace.hit,
-            n_sdf_evals=trace.n_sdf_evals + points.shape[0],
-        )
+        return RenderOutput(**_scattered(batch.n_rays, idx, shading), points=trace.points, dists=trace.dists,
+                            hit=trace.hit, n_sdf_evals=trace.n_sdf_evals + points.shape[0])

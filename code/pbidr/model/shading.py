@@ -10,7 +10,7 @@ rgb = D * A + S (in [0, 1], then mapped to [-1, 1]).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -92,3 +92,28 @@ class AlbedoNetwork(nn.Module):
 
     def forward(self, points: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         return self.mlp(torch.cat([self.embed_point(points), features], dim=-1))
+
+
+def make_shading_networks(conf: Any, feature_dim: int) -> tuple[DiffuseShadingNetwork, SpecularShadingNetwork, AlbedoNetwork]:
+    """The three networks of the ``model`` conf block (``diffuse_network``, ``specular_network``,
+    ``albedo_network``; ``feature_dim`` = ``feature_vector_size``), built in this order (their random
+    initialisation draws from torch's global RNG)."""
+    dc = conf.get_config("diffuse_network")
+    diffuse = DiffuseShadingNetwork(
+        dims=dc.get_list("dims"), d_out=dc.get_int("d_out"),
+        weight_norm=dc.get_bool("weight_norm"), multires=dc.get_int("multires"),
+    )
+    spc = conf.get_config("specular_network")
+    specular = SpecularShadingNetwork(
+        dims=spc.get_list("dims"), d_out=spc.get_int("d_out"), weight_norm=spc.get_bool("weight_norm"),
+        multires_view=spc.get_int("multires_view"), multires_normal=spc.get_int("multires_normal"),
+    )
+    ac = conf.get_config("albedo_network")
+    albedo = AlbedoNetwork(
+        feature_dim=feature_dim, dims=ac.get_list("dims"),
+        weight_norm=ac.get_bool("weight_norm"), multires=ac.get_int("multires"),
+    )
+    for name, net in (("diffuse_network", diffuse), ("specular_network", specular)):
+        if net.d_out not in (1, 3):
+            raise ValueError(f"model.{name}.d_out must be 1 (grey) or 3 (rgb), got {net.d_out}")
+    return diffuse, specular, albedo

@@ -144,15 +144,16 @@ class PBIDRLoss(nn.Module):
     def forward(self, out: ModelOutput, rgb_gt: torch.Tensor, alpha: Optional[float] = None) -> LossTerms:
         """rgb_gt: (N, 3) ground-truth colours in [-1, 1] for the batch's rays."""
         alpha = self.alpha if alpha is None else float(alpha)
+        geo, reg = out.geometry, out.regularisers
         rgb = rgb_loss(out.rgb, rgb_gt, out.surface_mask)
-        eik = eikonal_loss(out.grad_theta)
-        mask = mask_loss(out.sdf_output, out.surface_mask, out.object_mask, alpha)
-        targets = out.mesh_pull_targets.detach() if self.mesh_pull_detach_target else out.mesh_pull_targets
-        pull = mesh_pull_loss(out.mesh_pull_points, targets, self.mesh_pull_norm)
-        normal = normal_loss(out.sdf_normals, out.mesh_normals_sel)
-        residual = _mean_square(out.mesh_sdf, rgb)
-        lowpass = _mean_square(out.residual_lowpass, rgb)
-        step = out.albedo_step
+        eik = eikonal_loss(geo.eikonal_gradients)
+        mask = mask_loss(geo.traced_sdf, out.surface_mask, out.object_mask, alpha)
+        targets = geo.mesh_pull_targets.detach() if self.mesh_pull_detach_target else geo.mesh_pull_targets
+        pull = mesh_pull_loss(geo.mesh_pull_points, targets, self.mesh_pull_norm)
+        normal = normal_loss(geo.sdf_normals, geo.mesh_normals)
+        residual = _mean_square(geo.mesh_sdf, rgb)
+        lowpass = _mean_square(reg.residual_lowpass, rgb)
+        step = reg.albedo_step
         albedo_smooth = step.abs().sum(-1).mean() if step is not None and step.numel() else rgb.new_zeros(())
         total = (
             self.rgb_weight * rgb
