@@ -64,8 +64,6 @@ def run_one(job: dict) -> dict:
 
 
 def _fit_and_score(job: dict) -> dict:
-    import cv2
-
     from pbidr.detail.chart import build_chart, texture_colours
     from pbidr.detail.fit import fit_detail, seam_pairs
     from pbidr.detail.solver import fit_config
@@ -82,10 +80,8 @@ def _fit_and_score(job: dict) -> dict:
     res = conf.get_int("model.displacement_map.resolution")
     mesh = load_mesh(folder / "mesh.obj")
     chart = build_chart(mesh, (res, res))
-    init = None
-    if job["oracle"]:
-        gt = np.load(folder / "gt_displacement_uv.npy")
-        init = cv2.resize(gt, (res, res), interpolation=cv2.INTER_AREA) if gt.shape != (res, res) else gt
+    gt = np.load(folder / "gt_displacement_uv.npy")  # the true map, at the texture's size
+    init = at_resolution(gt, res) if job["oracle"] else None
     light = albedo = None
     if job.get("true_light"):
         from pbidr.detail.fit import Light
@@ -97,7 +93,7 @@ def _fit_and_score(job: dict) -> dict:
         from PIL import Image
 
         albedo = np.asarray(Image.open(folder / "albedo.png").convert("RGB")).astype(np.float64) / 255.0
-        albedo = cv2.resize(albedo, (res, res), interpolation=cv2.INTER_AREA) if albedo.shape[:2] != (res, res) else albedo
+        albedo = at_resolution(albedo, res)
     t0 = time.perf_counter()
     fit = fit_detail(chart, texture_colours(mesh, chart.size), cfg, init_displacement=init,
                      seams=seam_pairs(chart, mesh), light=light, albedo=albedo)
@@ -123,26 +119,36 @@ def _fit_and_score(job: dict) -> dict:
                      "true_rms_mm": float(np.sqrt(np.mean(s.true_displacement**2))),
                      "leak": float(albedo_leak(s, truth)[0]), "vertices": int(len(m.vertices))}
     out["dense"]["subdivisions"] = levels
-    out["bands"] = displacement_bands(fit.displacement, folder)
+    out["bands"] = displacement_bands(fit.displacement, gt, folder)
     return out
 
 
 BAND_EDGES_MM = (0.0, 0.6, 1.5, 4.0, 12.0, math.inf)  # Gaussian sigmas (mm) between the bands
 
 
-def displacement_bands(d: np.ndarray, folder: Path) -> list[dict]:
-    """The fitted map against the sample's true one, band by band (differences of Gaussian blurs at
-    BAND_EDGES_MM, in the sample's face-plane millimetres), inside its scoring region: the RMS of
-    each, the regression slope of fit on truth (1 = full amplitude) and the correlation. Shows which
-    scales the fit recovers and which it cannot see."""
+def at_resolution(image: np.ndarray, res: int) -> np.ndarray:
+    """A texture-layout array (H, W[, C]) area-averaged onto the res x res chart grid (the true map and
+    albedo, from the texture's size); unchanged when it is that size already."""
+    import cv2
+
+    if image.shape[:2] == (res, res):
+        return image
+    return cv2.resize(image, (res, res), interpolation=cv2.INTER_AREA)
+
+
+def displacement_bands(d: np.ndarray, truth: np.ndarray, folder: Path) -> list[dict]:
+    """The fitted map D (res, res) against the sample's true one ``truth`` (its gt_displacement_uv),
+    band by band (differences of Gaussian blurs at BAND_EDGES_MM, in the sample's face-plane
+    millimetres), inside its scoring region: the RMS of each, the regression slope of fit on truth
+    (1 = full amplitude) and the correlation. Shows which scales the fit recovers and which it cannot
+    see."""
     import cv2
     from PIL import Image
 
     from pbidr.preprocess import sample as face_sample
 
     h, w = d.shape
-    gt = np.load(folder / "gt_displacement_uv.npy").astype(np.float64)
-    gt = cv2.resize(gt, (w, h), interpolation=cv2.INTER_AREA) if gt.shape != (h, w) else gt
+    gt = at_resolution(truth.astype(np.float64), h)
     region = np.asarray(Image.open(folder / "face_region_uv.png").convert("L").resize((w, h))) > 127
     sx, sy = w / face_sample.FACE_WIDTH_MM, h / face_sample.FACE_HEIGHT_MM  # texels per mm
 
@@ -173,9 +179,11 @@ def quality_time_chart(results: list[dict], references: list[tuple[str, list[tup
     for r in results:
         if not r["oracle"] and (r["lever"] == "full" or r["lever"].endswith(" steps")):
             by_steps.setdefault(r["steps"], []).append(r)
-    n_seeds = max((len(v) for v in by_steps.values()), default=0)
+    # a step count on every seed (--curve may repeat the shipped count: then both runs are averaged)
+    n_seeds = len({r["seed"] for v in by_steps.values() for r in v})
     pts = sorted((float(np.mean([r["fit_s"] for r in v])), float(np.mean([r["coarse"]["recovered"] for r in v])),
-                  float(np.mean([r["dense"]["recovered"] for r in v]))) for v in by_steps.values() if len(v) == n_seeds)
+                  float(np.mean([r["dense"]["recovered"] for r in v]))) for v in by_steps.values()
+                 if len({r["seed"] for r in v}) == n_seeds)
     lines = {"texel fit, coarse": [(t, c) for t, c, _ in pts], "texel fit, dense": [(t, d) for t, _, d in pts]}
     lines.update(dict(references))
     return line_chart(lines, "seconds (log)  (y: recovered fraction, coarse topology unless named)",

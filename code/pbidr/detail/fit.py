@@ -306,7 +306,9 @@ class TexelObjective:
         if albedo is not None:  # its log intensity: the data term is then Y - log s(n) - that, no filter
             self.known_albedo = torch.log(torch.as_tensor(np.clip(albedo, LOG_FLOOR, 1.0), dtype=dt,
                                                           device=device)).mean(-1)
-        self.gf = GuidedFilter(guide, wmap, max(1, int(round(cfg.albedo_radius_mm / texel))), cfg.albedo_eps)
+        # a known albedo replaces the filter's albedo model (the diagnostics): no filter to build then
+        self.gf = None if self.known_albedo is not None else GuidedFilter(
+            guide, wmap, max(1, int(round(cfg.albedo_radius_mm / texel))), cfg.albedo_eps)
         self.gauss = gaussian_kernel(cfg.lowpass_sigma_mm / texel)
         self.fine = gaussian_kernel(cfg.finescale_sigma_texels)
         self.chart_w = torch.as_tensor(chart.mask, dtype=dt, device=device)
@@ -323,7 +325,7 @@ class TexelObjective:
         cfg = self.cfg
         n = detailed_normals(self.ct, d)
         p = self.lum_log - torch.log(self.light.shading(n).clamp_min(1e-3))
-        r = p - (self.gf.apply(p) if self.known_albedo is None else self.known_albedo)
+        r = p - (self.known_albedo if self.gf is None else self.gf.apply(p))
         data = (torch.sqrt(r**2 + cfg.robust_scale**2) - cfg.robust_scale) * self.wmap
         e_data = data.sum() / self.n_valid
         low = masked_mean(d.unsqueeze(0), self.chart_w, self.gauss)[0]

@@ -103,9 +103,9 @@ def normal_loss(sdf_normals: torch.Tensor, mesh_normals: torch.Tensor) -> torch.
     return (1.0 - F.cosine_similarity(sdf_normals, mesh_normals, dim=-1)).mean()
 
 
-def _mean_square(x: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """mean(x^2), 0 for an empty or missing x."""
-    if x is None or x.numel() == 0:
+def _mean_square(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """mean(x^2), 0 for an empty x."""
+    if x.numel() == 0:
         return like.new_zeros(())
     return (x * x).mean()
 
@@ -154,7 +154,7 @@ class PBIDRLoss(nn.Module):
         residual = _mean_square(geo.mesh_sdf, rgb)
         lowpass = _mean_square(reg.residual_lowpass, rgb)
         step = reg.albedo_step
-        albedo_smooth = step.abs().sum(-1).mean() if step is not None and step.numel() else rgb.new_zeros(())
+        albedo_smooth = step.abs().sum(-1).mean() if step.numel() else rgb.new_zeros(())
         total = (
             self.rgb_weight * rgb
             + self.eikonal_weight * eik

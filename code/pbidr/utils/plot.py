@@ -51,8 +51,7 @@ def line_chart(lines: dict[str, list[tuple[float, float]]], xlabel: str, refs: l
     if log_x:
         ticks = [(float(e), f"{10.0 ** e:g}") for e in range(int(x0), int(x1) + 1)]
     else:
-        ticks = [(x0 + (x1 - x0) * i / 5, None) for i in range(6)]
-        ticks = [(x, f"{x:.0f}" if x1 > 20 else f"{x:.1f}") for x, _ in ticks]
+        ticks = [(x, f"{x:.0f}" if x1 > 20 else f"{x:.1f}") for x in (x0 + (x1 - x0) * i / 5 for i in range(6))]
     for x, label in ticks:
         cv2.line(img, px(x, y0), (px(x, y0)[0], px(x, y0)[1] - 5), (0, 0, 0), 1)
         cv2.putText(img, label, (px(x, y0)[0] - 10, h - 30), font, 0.4, (0, 0, 0), 1)
