@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = [v for v in args.variants.split(",") if v not in VARIANTS]
     if bad:
         p.error(f"unknown variants {bad}; known: {list(VARIANTS)}")
-    iters = args.iters or load_conf(args.conf).get_int("train.iters")
+    iters = args.iters or load_conf(args.conf).train.iters
     extra = [a for s in args.set for a in ("--set", s)]
     if args.time_budget > 0:
         extra += ["--set", f"train.time_budget_s={args.time_budget}"]

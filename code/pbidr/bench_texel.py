@@ -76,8 +76,9 @@ def _fit_and_score(job: dict) -> dict:
 
     folder = Path(job["sample"])
     conf = load_conf(job["conf"])
-    cfg = replace(fit_config(conf), log_every=10**9, **job["lever"])
-    res = conf.get_int("model.displacement_map.resolution")
+    fit = fit_config(conf.loss.texel, conf.model.displacement_map, conf.train.learning_rate, conf.train.iters)
+    cfg = replace(fit, log_every=10**9, **job["lever"])
+    res = conf.model.displacement_map.resolution
     mesh = load_mesh(folder / "mesh.obj")
     chart = build_chart(mesh, (res, res))
     gt = np.load(folder / "gt_displacement_uv.npy")  # the true map, at the texture's size

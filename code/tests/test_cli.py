@@ -75,9 +75,9 @@ def test_train_without_conf_runs_the_detail_mode(scan, tmp_path, capsys):
                      "--set", "train.plot_res=16", "--set", "train.batch_size=64"])
     assert code == 0, capsys.readouterr().err
     conf = load_conf(run / "run.conf")
-    assert conf.get_string("model.sdf_network.parameterisation") == "displacement_map"
-    assert conf.get_string("train.solver") == "texels"
-    assert conf.get_int("train.iters") == 1 and conf.get_int("train.batch_size") == 64
+    assert conf.model.sdf_network.parameterisation == "displacement_map"
+    assert conf.train.solver == "texels"
+    assert conf.train.iters == 1 and conf.train.batch_size == 64
 
 
 def test_preset_and_conf_are_one_choice(scan, tmp_path, capsys):

@@ -16,7 +16,7 @@ from pbidr.geometry.coarse_distance import CoarseDistance
 from pbidr.io.mesh import TexturedMesh
 from pbidr.model.embedder import PositionalEncoding
 from pbidr.model.pbidr_model import PBIDRModel
-from pbidr.training.conf import load_conf
+from pbidr.training.conf import load_conf, model_config
 from pbidr.training.trainer import make_optimizer
 
 RADIUS = 0.5
@@ -70,7 +70,7 @@ def test_coarse_distance_is_exact_at_vertices(sphere_mesh):
 
 def _residual_model(mesh: trimesh.Trimesh) -> PBIDRModel:
     torch.manual_seed(0)
-    model = PBIDRModel(RESIDUAL_MODEL)
+    model = PBIDRModel(model_config(RESIDUAL_MODEL))
     model.attach_coarse_mesh(mesh.vertices, mesh.faces)
     return model
 
@@ -112,7 +112,7 @@ def test_residual_moves_the_surface_along_the_coarse_normal(sphere_mesh):
 def test_residual_model_needs_its_coarse_mesh():
     from pbidr.errors import PbidrError
 
-    model = PBIDRModel(RESIDUAL_MODEL)
+    model = PBIDRModel(model_config(RESIDUAL_MODEL))
     with pytest.raises(PbidrError, match="coarse mesh"):
         model.sdf_network.sdf(torch.zeros(4, 3))
 
@@ -159,8 +159,8 @@ def test_marching_cubes_drops_the_sign_flip_beyond_an_open_border():
 def test_geometry_warmup_and_learning_rate_factor():
     conf = load_conf(None, {"train.learning_rate": 1e-3, "train.sdf_lr_factor": 0.5,
                             "train.geometry_warmup_iters": 10})
-    model = PBIDRModel(RESIDUAL_MODEL)
-    opt, sched = make_optimizer(model, conf.get_config("train"), epoch_len=17)
+    model = PBIDRModel(model_config(RESIDUAL_MODEL))
+    opt, sched = make_optimizer(model, conf.train, epoch_len=17)
     assert opt.param_groups[0]["lr"] == 0.0 and opt.param_groups[1]["lr"] == pytest.approx(1e-3)
     for _ in range(5):
         opt.step()
@@ -178,12 +178,12 @@ def test_fast_conf_is_the_detail_mode_and_test_conf_the_paper():
 
     confs = Path(__file__).resolve().parents[2] / "confs"
     fast = load_conf(confs / "fast_mlp.conf")
-    assert load_conf(confs / "fast.conf").get_string("model.sdf_network.parameterisation") == "displacement_map"
+    assert load_conf(confs / "fast.conf").model.sdf_network.parameterisation == "displacement_map"
     paper = load_conf(confs / "test.conf")
-    assert fast.get_string("model.sdf_network.parameterisation") == "coarse_residual"
-    assert paper.get_string("model.sdf_network.parameterisation") == "sphere"
-    assert paper.get_string("model.ray_tracer.mode") == "idr"
-    assert paper.get_string("model.diffuse_normal") == "coarse"
+    assert fast.model.sdf_network.parameterisation == "coarse_residual"
+    assert paper.model.sdf_network.parameterisation == "sphere"
+    assert paper.model.ray_tracer.mode == "idr"
+    assert paper.model.diffuse_normal == "coarse"
 
 
 def test_detail_mode_end_to_end_on_a_tiny_sample(tmp_path):

@@ -191,8 +191,8 @@ def test_bad_inputs(run_copy, tmp_path, capsys):
 
     ckpt_path = run_copy / "checkpoints" / "step_0000010.pt"
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    other = parse_conf(ckpt["conf"])  # the same run, but a conf with another SDF network
-    other.put("model.sdf_network.dims", [48])
+    # the same run, but a conf with another SDF network
+    other = parse_conf(ckpt["conf"], overrides={"model.sdf_network.dims": [48]})
     ckpt["conf"] = conf_to_text(other)
     write_checkpoint(ckpt_path, ckpt)  # with its checksum, so it is not merely "corrupt"
     assert "does not match its conf" in _error(run_copy, checkpoint=10)

@@ -25,7 +25,7 @@ from pbidr.commands.batch import _stages
 from pbidr.geometry.cameras import Rig
 from pbidr.preprocess.pipeline import preprocess
 from pbidr.preprocess.sample import make_sample
-from pbidr.training.conf import _FLOAT_KEYS, _defaults_tree
+from pbidr.training.conf import conf_keys
 from pbidr.training.trainer import Trainer
 
 SEED = 16
@@ -208,13 +208,7 @@ def test_every_flag_of_every_subcommand(world, tmp_path, capsys):
 
 
 def _conf_keys():
-    def walk(tree, where=""):
-        for key, value in tree.items():
-            if hasattr(value, "items"):
-                yield from walk(value, f"{where}{key}.")
-            else:
-                yield f"{where}{key}", value
-    return list(walk(_defaults_tree()))
+    return conf_keys()
 
 
 def _bad_for(key: str, default, rng: random.Random) -> list[tuple[str, bool]]:
@@ -226,7 +220,7 @@ def _bad_for(key: str, default, rng: random.Random) -> list[tuple[str, bool]]:
         return [(g, False), ("5", False), ("[a]", False)]
     if isinstance(default, list):
         return [("5", False), (f"[{g}]", False), ("[-1]", False), ("[1.5]", False), ("[1,", True)]
-    if isinstance(default, int) and key not in _FLOAT_KEYS:  # seconds are written as ints but are floats
+    if isinstance(default, int):
         return [(g, False), ("-1", False), ("1.5", False), ("[1]", False), ("true", False)]
     return [(g, False), ("-1.0", False), ("[1.0]", False), ("{a = 1}", False)]
 

@@ -9,6 +9,7 @@ import torch
 
 from pbidr.errors import PbidrError
 from pbidr.model.pbidr_model import GeometrySupervision, RegulariserSamples
+from pbidr.training.conf import loss_config
 from pbidr.training.losses import (
     PBIDRLoss,
     alpha_at,
@@ -101,19 +102,19 @@ class _FakeOutput:
 def test_total_is_weighted_sum_and_conf_overrides():
     out = _FakeOutput()
     gt = torch.zeros(6, 3)
-    loss = PBIDRLoss({"mesh_pull_weight": 2.0, "normal_weight": 0.5})
+    loss = PBIDRLoss(loss_config({"mesh_pull_weight": 2.0, "normal_weight": 0.5}))
     t = loss(out, gt, alpha=10.0)
     expected = t.rgb + 0.1 * t.eikonal + 100.0 * t.mask + 2.0 * t.mesh_pull + 0.5 * t.normal
     torch.testing.assert_close(t.total, expected)
     assert all(v.dim() == 0 for v in (t.total, t.rgb, t.eikonal, t.mask, t.mesh_pull, t.normal))
     t.total.backward()
     assert out.geometry.mesh_pull_targets.grad is not None
-    detached = PBIDRLoss({"mesh_pull_detach_target": True})
+    detached = PBIDRLoss(loss_config({"mesh_pull_detach_target": True}))
     out2 = _FakeOutput()
     detached(out2, gt).total.backward()
     assert out2.geometry.mesh_pull_targets.grad is None
     # The detail mode's terms: mean squares, weighted into the total, off by default.
-    reg = PBIDRLoss({"residual_weight": 3.0, "residual_lowpass_weight": 7.0, "albedo_smoothness_weight": 2.0})(out2, gt)
+    reg = PBIDRLoss(loss_config({"residual_weight": 3.0, "residual_lowpass_weight": 7.0, "albedo_smoothness_weight": 2.0}))(out2, gt)
     torch.testing.assert_close(reg.residual, (out2.geometry.mesh_sdf ** 2).mean())
     torch.testing.assert_close(reg.residual_lowpass, (out2.regularisers.residual_lowpass ** 2).mean())
     plain = PBIDRLoss()(out2, gt)
@@ -121,7 +122,7 @@ def test_total_is_weighted_sum_and_conf_overrides():
     torch.testing.assert_close(reg.total - plain.total,
                                3.0 * reg.residual + 7.0 * reg.residual_lowpass + 2.0 * reg.albedo_smoothness)
     with pytest.raises(PbidrError):
-        PBIDRLoss({"mask_wieght": 1.0})
-    with pytest.raises(ValueError):
-        PBIDRLoss({"mesh_pull_norm": "l3"})
+        loss_config({"mask_wieght": 1.0})
+    with pytest.raises(PbidrError, match="loss.mesh_pull_norm = 'l3': expected one of l2sq, l2, l1"):
+        loss_config({"mesh_pull_norm": "l3"})
     assert math.isfinite(PBIDRLoss()(out, gt).total.item())

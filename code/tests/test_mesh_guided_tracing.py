@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from pbidr.errors import PbidrError
-from pbidr.model.conf_defaults import model_conf
 from pbidr.model.mesh_guided_tracing import trace_rays_mesh_guided
 from pbidr.model.pbidr_model import PBIDRModel, RayBatch
 from pbidr.model.ray_tracing import RayTracerConfig, sphere_intersection, trace_rays
 from pbidr.model.tracer import make_tracer
 from pbidr.training.losses import PBIDRLoss
+from pbidr.training.conf import model_config
+from pbidr.utils.config import build
 
 MESH = RayTracerConfig(mode="mesh")
 
@@ -222,15 +223,15 @@ def test_chunking_is_invisible():
 
 
 def test_config_mode_and_knobs():
-    cfg = RayTracerConfig.from_conf({"mode": "mesh", "band": 0.05, "band_steps": 12})
+    cfg = build(RayTracerConfig, {"mode": "mesh", "band": 0.05, "band_steps": 12}, "ray_tracer")
     assert cfg.mode == "mesh" and cfg.band == 0.05 and cfg.band_steps == 12 and isinstance(cfg.band_steps, int)
     assert RayTracerConfig().mode == "idr"
-    with pytest.raises(ValueError):
-        RayTracerConfig.from_conf({"mode": "fast"})
-    with pytest.raises(ValueError):
-        RayTracerConfig(mode="mesh", band_steps=1)
-    with pytest.raises(PbidrError):
-        PBIDRModel({"ray_tracer": {"bnad": 0.1}})
+    with pytest.raises(ValueError, match="ray_tracer.mode = 'fast': expected one of idr, mesh"):
+        build(RayTracerConfig, {"mode": "fast"}, "ray_tracer")
+    with pytest.raises(ValueError, match="band_steps = 1: must be >= 2"):
+        RayTracerConfig(mode="mesh", band_steps=1)  # checked when made in code too
+    with pytest.raises(PbidrError, match=r"unknown key model.ray_tracer.bnad \(did you mean band\?\)"):
+        model_config({"ray_tracer": {"bnad": 0.1}})
 
 
 
@@ -240,8 +241,9 @@ def test_make_tracer_picks_the_tracer_by_mode():
     tracer functions directly, with the conf's sdf_chunk."""
     origins, dirs = pinhole_rays((0.0, 0.0, 3.0), n=24)
     mesh_depth = sphere_depth(origins, dirs, 0.52)[0].float()
-    mesh = make_tracer(model_conf({"ray_tracer": {"mode": "mesh"}, "sdf_chunk": 97}))
-    idr = make_tracer(model_conf({}))
+    mesh_conf, idr_conf = model_config({"ray_tracer": {"mode": "mesh"}, "sdf_chunk": 97}), model_config({})
+    mesh = make_tracer(mesh_conf.ray_tracer, mesh_conf.sdf_chunk)
+    idr = make_tracer(idr_conf.ray_tracer, idr_conf.sdf_chunk)
     assert (mesh.config.mode, mesh.chunk, idr.config.mode) == ("mesh", 97, "idr")
     assert mesh.config.line_step_iters == idr.config.line_step_iters == 3  # the conf's defaults, not IDR's
     guided = trace_rays_mesh_guided(sphere_sdf(), origins, dirs, None, mesh_depth, mesh.config, chunk=97)
@@ -283,7 +285,7 @@ def toy_batch(n: int, mesh_depth_of, seed: int = 0) -> RayBatch:
 def test_model_forward_backward_mesh_mode():
     torch.manual_seed(0)
     conf = dict(TINY_MODEL, ray_tracer={"mode": "mesh", "band": 0.1})
-    model = PBIDRModel(conf).train()
+    model = PBIDRModel(model_config(conf)).train()
     assert model.ray_tracer_config.mode == "mesh"
 
     # The coarse mesh = the fresh network's own zero level set (traced faithfully), pushed back by
@@ -302,7 +304,7 @@ def test_model_forward_backward_mesh_mode():
     surf = out.surface_mask
     assert surf.sum() > 50
     assert out.n_trace_fallback < 0.2 * batch.mesh_hit.sum()
-    idr = PBIDRModel(TINY_MODEL)
+    idr = PBIDRModel(model_config(TINY_MODEL))
     idr.load_state_dict(model.state_dict())
     ref = idr.trace(batch.origins, batch.dirs, batch.object_mask)
     assert out.n_sdf_evals < ref.n_sdf_evals

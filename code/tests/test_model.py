@@ -15,6 +15,7 @@ from pbidr.model.ray_tracing import RayTracerConfig, trace_rays
 from pbidr.model.sample_network import sample_network
 from pbidr.model.sdf_network import SDFNetwork
 from pbidr.training.losses import PBIDRLoss
+from pbidr.training.conf import model_config
 
 TINY_MODEL = {
     "feature_vector_size": 8,
@@ -217,7 +218,7 @@ def test_sample_network_matches_finite_differences_of_a_network():
 # ----------------------------------------------------------------------------- full model
 def test_model_forward_backward_finite_grads():
     torch.manual_seed(0)
-    model = PBIDRModel(TINY_MODEL).train()
+    model = PBIDRModel(model_config(TINY_MODEL)).train()
     batch = toy_batch(256)
     out = model(batch)
     n = batch.n_rays
@@ -257,8 +258,8 @@ def test_model_forward_backward_finite_grads():
 
 def test_second_surface_pass_same_values():
     """Re-evaluating at x(theta) (IDR's exact variant) changes gradients, not values."""
-    model = PBIDRModel(TINY_MODEL).train()
-    model2 = PBIDRModel({**TINY_MODEL, "second_surface_pass": True}).train()
+    model = PBIDRModel(model_config(TINY_MODEL)).train()
+    model2 = PBIDRModel(model_config({**TINY_MODEL, "second_surface_pass": True})).train()
     model2.load_state_dict(model.state_dict())
     batch = toy_batch(128, seed=4)
     torch.manual_seed(1)
@@ -272,7 +273,7 @@ def test_second_surface_pass_same_values():
 
 def test_forward_without_grad_and_render_eval():
     torch.manual_seed(0)
-    model = PBIDRModel(TINY_MODEL)
+    model = PBIDRModel(model_config(TINY_MODEL))
     batch = toy_batch(200, seed=5)
     with torch.no_grad():
         out = model.eval()(batch)  # validation-style call
@@ -292,6 +293,8 @@ def test_forward_without_grad_and_render_eval():
 
 def test_model_rejects_unknown_conf_keys():
     with pytest.raises(PbidrError):
-        PBIDRModel({"sdf_network": {"dimz": [8]}})
-    with pytest.raises(ValueError):
-        PBIDRModel({"diffuse_network": {"d_out": 2}})
+        model_config({"sdf_network": {"dimz": [8]}})
+    with pytest.raises(PbidrError, match=r"model.diffuse_network.d_out = 2: expected one of 1, 3"):
+        model_config({"diffuse_network": {"d_out": 2}})
+    with pytest.raises(TypeError, match="ModelConfig"):
+        PBIDRModel({"diffuse_network": {"d_out": 1}})  # a component takes its config object, never a dict

@@ -8,7 +8,9 @@ import math
 import pytest
 import torch
 
+from pbidr.errors import PbidrError
 from pbidr.model.ray_tracing import RayTracerConfig, sphere_intersection, trace_rays
+from pbidr.utils.config import build
 
 
 def pinhole_rays(cam, n: int = 48, half_fov: float = 0.25, target=(0.0, 0.0, 0.0)):
@@ -209,8 +211,9 @@ def test_batches_mix_cameras_and_chunking_is_invisible():
 
 
 def test_config_from_conf():
-    cfg = RayTracerConfig.from_conf({"line_step_iters": 3, "sdf_threshold": 1e-4})
+    cfg = build(RayTracerConfig, {"line_step_iters": 3, "sdf_threshold": 1e-4}, "ray_tracer")
     assert cfg.line_step_iters == 3 and isinstance(cfg.line_step_iters, int)
     assert cfg.sdf_threshold == 1e-4 and cfg.n_steps == 100
-    with pytest.raises(ValueError):
-        RayTracerConfig.from_conf({"n_stpes": 3})
+    with pytest.raises(PbidrError, match=r"unknown key ray_tracer.n_stpes \(did you mean n_steps\?\)"):
+        build(RayTracerConfig, {"n_stpes": 3}, "ray_tracer")
+    assert isinstance(RayTracerConfig(band=1).band, float)  # an int given for a float field is a float

@@ -115,7 +115,7 @@ class _RecordingModel:
         from pbidr.model.pbidr_model import _Shading
 
         self.diffuse_normal, self.diffuse_inputs = diffuse_normal, []
-        self.conf = type("Conf", (), {"get_int": staticmethod(lambda key: 0)})()
+        self.conf = type("Conf", (), {"feature_vector_size": 0})()
         self._Shading, self._torch = _Shading, torch
 
     def _shade(self, points, features, sdf_grads, dirs, mesh_normals):

@@ -93,10 +93,11 @@ def test_guided_filter_keeps_what_is_affine_in_the_guide_and_removes_the_rest():
 
 def _map_model(mesh: TexturedMesh, size: int, scale: float = 1.0):
     from pbidr.model.pbidr_model import PBIDRModel
+    from pbidr.training.conf import model_config
 
     conf = {"feature_vector_size": 0, "sdf_network": {"parameterisation": "displacement_map"},
             "displacement_map": {"resolution": size, "finest_level": 0, "coarsest_level": 2}}
-    model = PBIDRModel(conf)
+    model = PBIDRModel(model_config(conf))
     model.attach_coarse_mesh(mesh.vertices / scale, mesh.faces, mesh.vertex_normals(), uv=mesh.uv,
                              face_uv=mesh.face_uv, scale=scale)
     return model

@@ -26,6 +26,7 @@ from typing import Any
 
 from pbidr.errors import PbidrError
 from pbidr.training.checkpoints import checkpoint_path
+from pbidr.training.conf import same_conf
 from pbidr.utils.atomic import write_json
 
 STAGES = ("preprocess", "train", "eval")
@@ -123,6 +124,21 @@ def stage_complete(sp: SubjectPaths, stage: str, status: dict[str, Any], has_gro
     raise ValueError(f"unknown stage {stage!r}")
 
 
+def _same_setting(key: str, now: Any, before: Any) -> bool:
+    """Whether a recorded setting agrees with this run's: equal as JSON (tuples and lists compare equal),
+    or for the conf, the same tree however its text is laid out (an older pbidr wrote the keys in
+    another order)."""
+    now = json.loads(json.dumps(now))
+    if now == before:
+        return True
+    if key == "conf" and isinstance(now, str) and isinstance(before, str):
+        try:
+            return same_conf(now, before)
+        except PbidrError:
+            return False
+    return False
+
+
 def check_settings(out: Path, identity: dict) -> None:
     """Refuse to mix outputs of different settings in one --out; record them on the first run."""
     path = out / SETTINGS_FILE
@@ -136,7 +152,7 @@ def check_settings(out: Path, identity: dict) -> None:
         if not isinstance(before, dict) or "settings" not in before:
             raise PbidrError(f"{path}: not a pbidr batch settings file")
         # JSON round trip so tuples and lists compare equal
-        differ = [k for k in identity if json.loads(json.dumps(identity[k])) != before["settings"].get(k)]
+        differ = [k for k in identity if not _same_setting(k, identity[k], before["settings"].get(k))]
         if differ:
             raise PbidrError(f"{out}: holds outputs made with other settings ({', '.join(differ)} differ, see {path}); "
                              "rerun with the same options or choose another --out")

@@ -6,7 +6,8 @@ import argparse
 
 from pbidr.commands.args import add_device_arg, nonneg_int, positive_int
 from pbidr.commands.conf import add_conf_args, train_overrides
-from pbidr.training.conf import load_conf, resolve_conf
+from pbidr.errors import PbidrError
+from pbidr.training.conf import describe_conf, load_conf, resolve_conf
 
 # The handler imports the stage's implementation when the command runs: building the parser (every
 # call, `pbidr --help` too) needs only the flags, and stays light.
@@ -20,8 +21,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                     "(= --conf confs/test.conf, for a GPU). The resolved conf is saved as EXP_DIR/run.conf.")
     p.add_argument("--input", "-i", "--data", dest="data", default=None, metavar="SCAN_DIR",
                    help="scan directory (pbidr preprocess); taken from the run when resuming")
-    p.add_argument("--output", "-o", "--exp-dir", dest="exp_dir", required=True, metavar="EXP_DIR",
-                   help="run directory; an existing run needs --resume or --overwrite")
+    p.add_argument("--output", "-o", "--exp-dir", dest="exp_dir", default=None, metavar="EXP_DIR",
+                   help="run directory (required unless --print-conf); an existing run needs --resume or --overwrite")
     add_conf_args(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--iters", type=positive_int, default=None,
@@ -38,6 +39,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set any conf key, e.g. train.batch_size=512 or model.ray_tracer.mode=mesh (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--print-conf", action="store_true",
+                   help="print the resolved conf (--conf / --preset with the overrides) as HOCON, every key with "
+                        "its doc and, where it differs, its default; then exit (needs no --input or --output)")
     p.set_defaults(func=cmd_train)
     return p
 
@@ -49,7 +53,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     # everything the command line says is checked before the scan is read
     overrides, labels = train_overrides(args)
     conf_path = resolve_conf(args.conf, args.preset)
-    load_conf(conf_path, overrides, labels)
+    conf = load_conf(conf_path, overrides, labels)
+    if args.print_conf:
+        print(f"# {conf_path}{' with ' + ', '.join(labels[k] for k in overrides) if overrides else ''}")
+        print(describe_conf(conf), end="")
+        return 0
+    if args.exp_dir is None:
+        raise PbidrError("--output/-o EXP_DIR is required (the run directory)")
     device = pick_device(args.device)
     trainer = Trainer(args.data, args.exp_dir, conf_path, overrides, device=device, resume=args.resume,
                       progress=not args.quiet, overwrite=args.overwrite)

@@ -20,7 +20,21 @@ from pbidr.geometry.cameras import Camera, load_cameras_npz, pixel_rays, to_norm
 from pbidr.geometry.raycast import MeshRayCaster
 from pbidr.io.load import load_mesh
 from pbidr.io.mesh import TexturedMesh
+from pbidr.utils.config import Config, SettingError, setting
 from pbidr.utils.images import read_image
+
+
+@dataclass
+class DatasetConfig(Config):
+    """The ``dataset`` block: which views of the scan, at which size (:func:`load_scan`'s arguments)."""
+
+    img_res: list[int] = setting([], "[H, W] to resample the scan's images to; [] keeps their size",
+                                 entries_positive=True)
+    views: list[int] = setting([], "0-based views to train on; [] = all")
+
+    def check(self) -> None:
+        if len(self.img_res) not in (0, 2):
+            raise SettingError("img_res", f"img_res = {self.img_res!r}: must be [] or [H, W]")
 
 
 @dataclass

@@ -14,6 +14,7 @@ mesh moved by the map along its normals. The same interface as the other SDF fie
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -23,6 +24,17 @@ from torch.nn import functional as F
 
 from pbidr.errors import PbidrError
 from pbidr.geometry.coarse_distance import CoarseDistance
+from pbidr.utils.config import Config, setting
+
+
+@dataclass
+class DisplacementMapConfig(Config):
+    """``model.displacement_map``: the map of the displacement_map parameterisation."""
+
+    resolution: int = setting(0, "texels per side (0: the texture's size, resolved when training starts)")
+    finest_level: int = setting(1, "finest grid level: cells of 2^k texels (the levels finest..coarsest are summed)")
+    coarsest_level: int = setting(5, "coarsest grid level")
+    max_displacement: float = setting(5.0, "bound of |D| (world units, tanh)", positive=True)
 
 
 class _NoEncoding:

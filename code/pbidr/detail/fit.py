@@ -41,6 +41,7 @@ from torch.nn import functional as F
 from pbidr.detail.chart import TexelChart
 from pbidr.errors import PbidrError
 from pbidr.detail.filters import GuidedFilter, box_kernel, gaussian_kernel, masked_mean
+from pbidr.utils.config import Config, setting
 
 LOG_FLOOR = 1.0 / 512.0  # colours below this are clamped before the log (8-bit black)
 
@@ -78,6 +79,41 @@ class FitConfig:
 
 
 LIGHT_MODELS = ("lambert", "poly")
+COLOUR_SOURCES = ("texture", "views")
+
+
+@dataclass
+class TexelConfig(Config):
+    """``loss.texel``: the texel fit's energy in a run (``train.solver = texels``); :func:`fit_config`
+    of ``pbidr.detail.solver`` turns it into a :class:`FitConfig`, whose comments say more."""
+
+    colour_source: str = setting("texture", "texture (the views are its renders) or views (project into the "
+                                            "images)", choices=COLOUR_SOURCES)
+    light_model: str = setting("lambert", "lambert (ambient + clamped diffuse) or poly (SH of light_order)",
+                               choices=LIGHT_MODELS)
+    light_order: int = setting(2, "degree of the shading polynomial in n, for light_model = poly")
+    light_iters: int = setting(4, "IRLS iterations of the light fit", positive=True)
+    albedo_radius_mm: float = setting(3.0, "window half-size of the albedo model (3 mm: best of 2-6 on seeds 0-2)",
+                                      positive=True)
+    albedo_eps: float = setting(1.0e-6, "guided-filter regulariser (chromaticity^2): small lets the albedo follow "
+                                        "colour edges")
+    albedo_guide_order: int = setting(2, "1: albedo affine in chromaticity, 2: quadratic (blends of two colours)",
+                                      choices=(1, 2))
+    robust_scale: float = setting(0.001, "Charbonnier scale of the data term (log units): near L1", positive=True)
+    mark_tau: float = setting(0.04, "marks (chromaticity far from the local mean) count less; 0: off")
+    mark_radius_mm: float = setting(3.0, "window of that local mean")
+    dark_level: float = setting(0.25, "dark texels count less: the log of a dark 8-bit colour is noise")
+    lowpass_sigma_mm: float = setting(10.0, "D's local mean over this Gaussian is penalised (no low frequencies)",
+                                      positive=True)
+    lowpass_weight: float = setting(20.0, "weight of that penalty")
+    laplacian_weight: float = setting(0.0, "a Laplacian on D (damps the 2-3 mm detail too; BENCHMARKS.md)")
+    finescale_weight: float = setting(1.0, "weak penalty on D minus its Gaussian mean over finescale_sigma_texels: "
+                                           "stops texel noise")
+    finescale_sigma_texels: float = setting(1.0, "sigma of that Gaussian (texels)")
+    seam_weight: float = setting(10.0, "the UV copies of a seam vertex agree")
+    level_steps: int = setting(0, "steps between the opening of two map levels, coarse to fine (0: all open "
+                                  "from the start)")
+    final_lr_fraction: float = setting(0.05, "cosine decay of train.learning_rate to this fraction")
 
 
 @dataclass

@@ -13,46 +13,41 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pyhocon import ConfigTree
-
 from pbidr.detail.chart import TexelChart, build_chart, texture_colours
-from pbidr.detail.fit import FitConfig, TexelObjective, adam_step, seam_pairs
+from pbidr.detail.field import DisplacementMapConfig
+from pbidr.detail.fit import FitConfig, TexelConfig, TexelObjective, adam_step, seam_pairs
 from pbidr.errors import PbidrError
 from pbidr.io.mesh import TexturedMesh
 
 DEFAULT_RESOLUTION = 1024  # texels per side of the chart when the mesh has no texture
 
 
-def map_resolution(conf: ConfigTree, mesh: TexturedMesh) -> int:
-    """The chart's size (texels per side): the conf's, or the texture's longest side."""
-    res = conf.get_int("model.displacement_map.resolution")
-    if res > 0:
-        return res
+def map_resolution(resolution: int, mesh: TexturedMesh) -> int:
+    """The chart's size (texels per side): ``model.displacement_map.resolution``, or when that is 0 the
+    texture's longest side."""
+    if resolution > 0:
+        return resolution
     if mesh.texture is not None:
         return int(max(mesh.texture.shape[:2]))
     return DEFAULT_RESOLUTION
 
 
-def fit_config(conf: ConfigTree) -> FitConfig:
-    """FitConfig from a resolved run conf: loss.texel, model.displacement_map, train.learning_rate, and
-    train.iters as the step count when it is set (the trainer counts its own steps)."""
-    tex = conf.get_config("loss.texel")
-    mc = conf.get_config("model.displacement_map")
+def fit_config(texel: TexelConfig, dmap: DisplacementMapConfig, learning_rate: float, iters: int = 0) -> FitConfig:
+    """FitConfig from a run's ``loss.texel``, ``model.displacement_map``, ``train.learning_rate`` and
+    ``train.iters``, the step count when it is set (the trainer counts its own steps)."""
     names = {f.name for f in fields(FitConfig)}
-    values = {k: tex.get(k) for k in tex.keys() if k in names}
-    values.update(finest_level=mc.get_int("finest_level"), coarsest_level=mc.get_int("coarsest_level"),
-                  max_displacement_mm=mc.get_float("max_displacement"),
-                  learning_rate=conf.get_float("train.learning_rate"))
-    if conf.get_int("train.iters") > 0:
-        values["steps"] = conf.get_int("train.iters")
+    values = {f.name: getattr(texel, f.name) for f in fields(texel) if f.name in names}
+    values.update(finest_level=dmap.finest_level, coarsest_level=dmap.coarsest_level,
+                  max_displacement_mm=dmap.max_displacement, learning_rate=learning_rate)
+    if iters > 0:
+        values["steps"] = iters
     return FitConfig(**values)
 
 
-def chart_colours(conf: ConfigTree, chart: TexelChart, mesh: TexturedMesh,
+def chart_colours(source: str, chart: TexelChart, mesh: TexturedMesh,
                   scan_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Every texel's colour (H, W, 3) in [0, 1], from ``loss.texel.colour_source``, and which texels
-    a view sees (H, W) bool, or None when every texel has a colour (texture or vertex colours)."""
-    source = conf.get_string("loss.texel.colour_source")
+    """Every texel's colour (H, W, 3) in [0, 1], from ``source`` (``loss.texel.colour_source``), and which
+    texels a view sees (H, W) bool, or None when every texel has a colour (texture or vertex colours)."""
     if source == "texture":
         if mesh.texture is None:
             if mesh.vertex_colors is not None:
@@ -72,15 +67,15 @@ def chart_colours(conf: ConfigTree, chart: TexelChart, mesh: TexturedMesh,
 class TexelSolver:
     """The objective, the optimiser and its schedule for one run; ``step(i)`` advances one step."""
 
-    def __init__(self, model, conf: ConfigTree, mesh: TexturedMesh, scan_dir: Path, device: torch.device,
-                 total_steps: int):
+    def __init__(self, model, cfg: FitConfig, colour_source: str, mesh: TexturedMesh, scan_dir: Path,
+                 device: torch.device, total_steps: int):
         self.model = model
         self.field = model.sdf_network
         self.total_steps = int(total_steps)
-        self.cfg = fit_config(conf)
+        self.cfg = cfg
         res = self.field.grids.size
         self.chart = build_chart(mesh, res)
-        colours, seen = chart_colours(conf, self.chart, mesh, scan_dir)
+        colours, seen = chart_colours(colour_source, self.chart, mesh, scan_dir)
         weight = None if seen is None else seen.astype(np.float64)
         self.objective = TexelObjective(self.chart, colours, self.cfg, device, weight=weight,
                                         seams=seam_pairs(self.chart, mesh))

@@ -119,7 +119,7 @@ class PBIDRShading:
         if model.diffuse_normal == "coarse" and coarse_vertex_normals is None:
             raise PbidrError("PBIDRShading: the model shades diffuse on the coarse normal "
                              "(model.diffuse_normal = coarse) but no coarse vertex normals were given")
-        self.uses_feature = int(model.conf.get_int("feature_vector_size")) > 0
+        self.uses_feature = model.conf.feature_vector_size > 0
 
     def bind(self, faces: np.ndarray) -> "PBIDRShading":
         """The rendered mesh's faces (F, 3), to interpolate the coarse normals by (face, bary)."""

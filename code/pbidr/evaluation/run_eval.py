@@ -45,7 +45,7 @@ import numpy as np
 from pbidr.errors import PbidrError
 from pbidr.evaluation.metrics import json_safe, masked_psnr
 from pbidr.training.checkpoints import LoadedRun, load_run
-from pbidr.training.conf import conf_to_text
+from pbidr.training.conf import RunConfig, conf_to_text
 from pbidr.utils.atomic import save_npy, write_json
 from pbidr.utils.outputs import check_output, stage_output
 
@@ -55,7 +55,6 @@ from pbidr.utils.outputs import check_output, stage_output
 # pbidr.evaluation.metrics needs only numpy.
 if TYPE_CHECKING:
     import torch
-    from pyhocon import ConfigTree
 
     from pbidr.datasets.scan import ScanData
     from pbidr.evaluation.marching_cubes import LevelSet
@@ -522,7 +521,7 @@ def _load_stage(exp_dir: str | Path, opts: EvalOptions) -> EvalInputs:
     run = load_run(exp_dir, opts.checkpoint, opts.scan_dir)
     model = run.model.to(opts.device).eval()
     conf = run.conf
-    img_res = conf.get_list("dataset.img_res")
+    img_res = conf.dataset.img_res
     n_images = len(list((run.scan_dir / "image").glob("*.png")))
     if n_images == 0:
         raise PbidrError(f"{run.scan_dir / 'image'}: no images (*.png)")
@@ -537,7 +536,7 @@ def _load_stage(exp_dir: str | Path, opts: EvalOptions) -> EvalInputs:
     band = opts.band
     if band is None:
         band = min(DEFAULT_BAND, 0.025 * s)
-    train_views = conf.get_list("dataset.views") or list(range(n_images))
+    train_views = conf.dataset.views or list(range(n_images))
     report = StageReport(timings={"load_s": time.perf_counter() - t0})
     _stage_done("load", report.timings["load_s"], opts.progress)
 
@@ -561,7 +560,7 @@ def _detail_meshes_stage(inputs: EvalInputs, opts: EvalOptions, out: Path) -> De
     coarse, band = inputs.coarse, inputs.band
     spacing = None
     if getattr(inputs.model, "parameterisation", None) == "displacement_map" and coarse.uv is not None:
-        spacing = map_texel_spacing(coarse, inputs.run.conf.get_int("model.displacement_map.resolution"))
+        spacing = map_texel_spacing(coarse, inputs.run.conf.model.displacement_map.resolution)
     detail = detail_meshes(coarse, world_sdf(inputs.sdf, inputs.scale_mat, opts.device, opts.chunk), spacing=spacing)
     write_obj(out / "detailed.obj", detail.detailed, texture_name=TEXTURE_NAME)
     write_obj(out / "detailed_subdivided.obj", detail.detailed_subdivided, texture_name=TEXTURE_NAME,
@@ -684,14 +683,14 @@ def _render_stage(inputs: EvalInputs, opts: EvalOptions, detailed_n: TexturedMes
         return StageReport(metrics={"rendering": {"skipped": "--no-rendering"}})
     t0 = time.perf_counter()
     rendering = _render_views(inputs.model, inputs.data, inputs.load_idx, inputs.eval_views, inputs.train_views,
-                              opts.device, opts.render_chunk or inputs.run.conf.get_int("train.render_chunk"), out,
+                              opts.device, opts.render_chunk or inputs.run.conf.train.render_chunk, out,
                               opts.progress, renderer=opts.renderer, detailed_n=detailed_n)
     report = StageReport(metrics={"rendering": rendering}, timings={"rendering_s": time.perf_counter() - t0})
     _stage_done("renders", report.timings["rendering_s"], opts.progress)
     return report
 
 
-def _write_outputs(out: Path, reports: list[StageReport], band: float, conf: ConfigTree, device: torch.device,
+def _write_outputs(out: Path, reports: list[StageReport], band: float, conf: RunConfig, device: torch.device,
                    t_start: float) -> dict:
     """metrics.json: every stage's entries in stage order, then the band (world units), the timings
     (with the total since ``t_start``), peak memory, the notes and the conf. Returns the metrics."""

@@ -11,12 +11,42 @@ network, marching cubes and eval see only this interface, never which field it i
 
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Optional, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+from pbidr.detail.field import DisplacementMapConfig, MapSDF
+from pbidr.detail.fit import grid_levels
+from pbidr.model.residual_sdf import ResidualSDF
+from pbidr.model.sdf_network import SDFNetwork
+from pbidr.utils.config import Config, setting
+
 PARAMETERISATIONS = ("sphere", "coarse_residual", "displacement_map")
+
+
+@dataclass
+class SDFNetworkConfig(Config):
+    """``model.sdf_network``: which field, and the MLP's shape."""
+
+    parameterisation: str = setting(
+        "sphere", "sphere: IDR's network with geometric init (the paper's); coarse_residual: the coarse mesh's "
+        "signed distance plus a residual MLP that starts at zero; displacement_map: the coarse distance minus a "
+        "map on the coarse mesh's UV chart, fitted on every texel (train.solver = texels)", choices=PARAMETERISATIONS)
+    max_residual: float = setting(0.02, "coarse_residual: bound of |r| (normalised units)", positive=True)
+    project: bool = setting(True, "coarse_residual: r is read at x projected onto the coarse mesh's tangent plane "
+                                  "(a displacement along the normal), not at x itself")
+    coarse_to_fine_iters: int = setting(0, "> 0: the positional encoding's bands open coarse to fine over this "
+                                           "many iterations (BARF)")
+    d_in: int = setting(3, "input dimension (points)", choices=(3,))
+    dims: list[int] = setting([512] * 8, "hidden layer widths", entries_positive=True)
+    skip_in: list[int] = setting([4], "layers that get the input again (IDR's skip connection)")
+    multires: int = setting(6, "positional-encoding frequencies of the point")
+    geometric_init: bool = setting(True, "sphere: start as a sphere of radius bias (IDR's geometric init)")
+    bias: float = setting(0.6, "sphere: radius of that initial sphere (normalised units)")
+    weight_norm: bool = setting(True, "weight normalisation on every layer")
+    beta: float = setting(100.0, "softplus sharpness of the activations", positive=True)
 
 
 @runtime_checkable
@@ -46,38 +76,21 @@ class SDFField(Protocol):
         """The coarse mesh in the normalised frame (a field that does not use it ignores it)."""
 
 
-def make_sdf_field(sc: Any, feature_dim: int, conf: Any) -> torch.nn.Module:
-    """The field of ``model.sdf_network`` (``sc``, with ``parameterisation``); ``conf`` is the model block."""
-    param = sc.get_string("parameterisation")
-    if param not in PARAMETERISATIONS:
-        raise ValueError(f"model.sdf_network.parameterisation must be one of {PARAMETERISATIONS}, got {param!r}")
-    if param == "displacement_map":
-        from pbidr.detail.field import MapSDF
-        from pbidr.detail.fit import grid_levels
-
+def make_sdf_field(sc: SDFNetworkConfig, dmap: DisplacementMapConfig, feature_dim: int) -> torch.nn.Module:
+    """The field ``sc.parameterisation`` names (``dmap``: the displacement map's block)."""
+    if sc.parameterisation == "displacement_map":
         if feature_dim != 0:
             raise ValueError("model.feature_vector_size must be 0 with the displacement_map parameterisation "
                              "(the map has no feature vector)")
-        mc = conf.get_config("displacement_map")
-        if mc.get_int("finest_level") > mc.get_int("coarsest_level"):
+        if dmap.finest_level > dmap.coarsest_level:
             raise ValueError("model.displacement_map.finest_level must be <= coarsest_level")
         # resolution 0 (the texture's size) is resolved by the trainer before it builds the model and
         # saved in the run's conf; 8 only stands in when a conf is merely checked.
-        res = mc.get_int("resolution") or 8
-        return MapSDF(size=(res, res), levels=grid_levels(mc.get_int("finest_level"), mc.get_int("coarsest_level")),
-                      max_displacement=mc.get_float("max_displacement"))
-    if param == "coarse_residual":
-        from pbidr.model.residual_sdf import ResidualSDF
-
-        return ResidualSDF(
-            feature_dim=feature_dim, dims=sc.get_list("dims"), skip_in=sc.get_list("skip_in"),
-            multires=sc.get_int("multires"), weight_norm=sc.get_bool("weight_norm"), beta=sc.get_float("beta"),
-            max_residual=sc.get_float("max_residual"), project=sc.get_bool("project"),
-        )
-    from pbidr.model.sdf_network import SDFNetwork
-
-    return SDFNetwork(
-        d_in=sc.get_int("d_in"), feature_dim=feature_dim, dims=sc.get_list("dims"), skip_in=sc.get_list("skip_in"),
-        multires=sc.get_int("multires"), geometric_init=sc.get_bool("geometric_init"), bias=sc.get_float("bias"),
-        weight_norm=sc.get_bool("weight_norm"), beta=sc.get_float("beta"),
-    )
+        res = dmap.resolution or 8
+        return MapSDF(size=(res, res), levels=grid_levels(dmap.finest_level, dmap.coarsest_level),
+                      max_displacement=dmap.max_displacement)
+    if sc.parameterisation == "coarse_residual":
+        return ResidualSDF(feature_dim=feature_dim, dims=sc.dims, skip_in=sc.skip_in, multires=sc.multires,
+                           weight_norm=sc.weight_norm, beta=sc.beta, max_residual=sc.max_residual, project=sc.project)
+    return SDFNetwork(d_in=sc.d_in, feature_dim=feature_dim, dims=sc.dims, skip_in=sc.skip_in, multires=sc.multires,
+                      geometric_init=sc.geometric_init, bias=sc.bias, weight_norm=sc.weight_norm, beta=sc.beta)

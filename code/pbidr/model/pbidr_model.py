@@ -15,12 +15,43 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
-from pbidr.model.conf_defaults import model_conf
-from pbidr.model.fields import PARAMETERISATIONS, make_sdf_field  # noqa: F401 (PARAMETERISATIONS: re-exported)
+from pbidr.detail.field import DisplacementMapConfig
+from pbidr.model.fields import PARAMETERISATIONS, SDFNetworkConfig, make_sdf_field  # noqa: F401 (re-exported)
 from pbidr.model.ray_tracing import RayTracerConfig, TraceResult
 from pbidr.model.sample_network import sample_network
-from pbidr.model.shading import make_shading_networks
+from pbidr.model.shading import (AlbedoNetworkConfig, DiffuseNetworkConfig, SpecularNetworkConfig,
+                                 make_shading_networks)
 from pbidr.model.tracer import make_tracer
+from pbidr.utils.config import Config, block, setting
+
+
+@dataclass
+class ModelConfig(Config):
+    """The ``model`` conf block. Defaults are the original PBIDR's (its confs/test.conf), under clearer
+    names: implicit_network -> sdf_network, the albedo and diffuse networks' multires_view -> multires."""
+
+    feature_vector_size: int = setting(256, "length of the SDF network's feature vector (the albedo's input)")
+    sdf_network: SDFNetworkConfig = block(SDFNetworkConfig, "the geometry field")
+    diffuse_normal: str = setting("coarse", "normal the diffuse shading sees: coarse (PBIDR: the coarse mesh's) "
+                                            "or sdf (the SDF's)", choices=("coarse", "sdf"))
+    displacement_map: DisplacementMapConfig = block(DisplacementMapConfig, "the displacement_map parameterisation's map")
+    diffuse_network: DiffuseNetworkConfig = block(DiffuseNetworkConfig, "diffuse shading network")
+    specular_network: SpecularNetworkConfig = block(SpecularNetworkConfig, "specular shading network")
+    albedo_network: AlbedoNetworkConfig = block(AlbedoNetworkConfig, "albedo network")
+    ray_tracer: RayTracerConfig = block(lambda: RayTracerConfig(line_step_iters=3), "the ray tracer")
+    eikonal_uniform_ratio: float = setting(0.5, "uniform eikonal samples per ray in the cube [-r, r]^3 "
+                                                "(r = object_bounding_sphere); the traced points count too (IDR: 0.5)")
+    second_surface_pass: bool = setting(False, "true: re-evaluate feature and normal at the differentiable "
+                                               "surface point (IDR, one more SDF pass); false: reuse those at x0")
+    sdf_chunk: int = setting(8192, "most points per SDF call in the tracer (memory knob; 8192 keeps a 512-wide "
+                                   "layer in a CPU's caches, a GPU may prefer more)", positive=True)
+    residual_lowpass_radius: float = setting(0.05, "coarse_residual: radius (normalised units) of the discs the "
+                                                   "residual_lowpass loss averages over", positive=True)
+    residual_lowpass_points: int = setting(0, "coarse_residual: coarse-mesh hits per batch the residual_lowpass "
+                                              "loss samples discs around (0: off)")
+    residual_lowpass_samples: int = setting(8, "samples per disc", positive=True)
+    albedo_smoothness_step: float = setting(0.0, "> 0: the albedo_smoothness loss compares the albedo at each "
+                                                 "surface point with the albedo this far along a tangent (0: off)")
 
 
 @dataclass
@@ -163,15 +194,8 @@ class TrainingSampling:
     albedo_smoothness_step: float
 
     @classmethod
-    def from_conf(cls, conf: Any) -> "TrainingSampling":
-        return cls(
-            eikonal_uniform_ratio=conf.get_float("eikonal_uniform_ratio"),
-            second_surface_pass=conf.get_bool("second_surface_pass"),
-            residual_lowpass_radius=conf.get_float("residual_lowpass_radius"),
-            residual_lowpass_samples=conf.get_int("residual_lowpass_samples"),
-            residual_lowpass_points=conf.get_int("residual_lowpass_points"),
-            albedo_smoothness_step=conf.get_float("albedo_smoothness_step"),
-        )
+    def from_config(cls, conf: ModelConfig) -> "TrainingSampling":
+        return cls(**{f.name: getattr(conf, f.name) for f in fields(cls)})
 
 
 @dataclass
@@ -224,25 +248,24 @@ def _scattered(n: int, index: torch.Tensor, shading: _Shading) -> dict[str, torc
 
 
 class PBIDRModel(nn.Module):
-    """Built from the ``model`` conf block (see ``conf_defaults.DEFAULT_MODEL_CONF``); missing keys
-    take the defaults."""
+    """Built from a :class:`ModelConfig` (None: the defaults)."""
 
-    def __init__(self, conf: Any = None):
+    def __init__(self, conf: Optional[ModelConfig] = None):
         super().__init__()
-        conf = model_conf(conf)
+        conf = ModelConfig() if conf is None else conf
+        if not isinstance(conf, ModelConfig):
+            raise TypeError(f"PBIDRModel takes a ModelConfig (pbidr.training.conf.model_config), not {type(conf).__name__}")
         self.conf = conf
-        feature_dim = conf.get_int("feature_vector_size")
-        sc = conf.get_config("sdf_network")
-        self.parameterisation = sc.get_string("parameterisation")
-        self.coarse_to_fine_iters = sc.get_int("coarse_to_fine_iters")
+        feature_dim = conf.feature_vector_size
+        self.parameterisation = conf.sdf_network.parameterisation
+        self.coarse_to_fine_iters = conf.sdf_network.coarse_to_fine_iters
         # Built in this order, the order of their initialisation's random draws and of the state_dict.
-        self.sdf_network = make_sdf_field(sc, feature_dim, conf)
-        self.diffuse_network, self.specular_network, self.albedo_network = make_shading_networks(conf, feature_dim)
-        self.diffuse_normal = conf.get_string("diffuse_normal")
-        if self.diffuse_normal not in ("coarse", "sdf"):
-            raise ValueError(f"model.diffuse_normal must be 'coarse' or 'sdf', got {self.diffuse_normal!r}")
-        self.tracer = make_tracer(conf)
-        self.sampling = TrainingSampling.from_conf(conf)
+        self.sdf_network = make_sdf_field(conf.sdf_network, conf.displacement_map, feature_dim)
+        self.diffuse_network, self.specular_network, self.albedo_network = make_shading_networks(
+            conf.diffuse_network, conf.specular_network, conf.albedo_network, feature_dim)
+        self.diffuse_normal = conf.diffuse_normal
+        self.tracer = make_tracer(conf.ray_tracer, conf.sdf_chunk)
+        self.sampling = TrainingSampling.from_config(conf)
 
     @property
     def ray_tracer_config(self) -> RayTracerConfig:

@@ -14,80 +14,51 @@ may share a batch (origins are per ray).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
+from pbidr.utils.config import Config, setting
+
 SDFCallable = Callable[[torch.Tensor], torch.Tensor]
 
 
+TRACER_MODES = ("idr", "mesh")
+
+
 @dataclass
-class RayTracerConfig:
-    """IDR's ``ray_tracer`` conf block; defaults are IDR's constructor defaults (the original PBIDR
-    conf sets line_step_iters = 3), plus the mesh-guided fast path's knobs (``mode = "mesh"``, see
-    ``pbidr.model.mesh_guided_tracing``): ``band`` half-width of the search band around the coarse
-    mesh's hit (normalised units), ``band_steps`` samples over it, ``n_front_steps`` sphere-tracing
-    steps that check for a surface in front of the band (0: no check), ``n_steps_outside`` stratified
-    samples and ``n_refine_outside`` bracket-halving steps of the min-SDF search on out-of-mask rays;
-    ``fallback = false`` makes rays the band does not resolve misses instead of handing them to the
-    faithful tracer, and ``search_outside = false`` skips the min-SDF search (only the mask loss uses
-    it): both for an SDF known to stay within the band of the coarse mesh (the coarse_residual
-    parameterisation), where they cost most of the tracer's evaluations and find nothing."""
+class RayTracerConfig(Config):
+    """IDR's ``ray_tracer`` conf block, plus the mesh-guided fast path's knobs (``mode = mesh``, see
+    ``pbidr.model.mesh_guided_tracing``). The class defaults are IDR's constructor defaults; the model
+    conf's (``ModelConfig.ray_tracer``) set line_step_iters = 3, as the original PBIDR conf does."""
 
-    object_bounding_sphere: float = 1.0
-    sdf_threshold: float = 5.0e-5
-    line_search_step: float = 0.5
-    line_step_iters: int = 1
-    sphere_tracing_iters: int = 10
-    n_steps: int = 100
-    n_secant_steps: int = 8
-    mode: str = "idr"
-    band: float = 0.05
-    band_steps: int = 10
-    n_front_steps: int = 10
-    n_steps_outside: int = 16
-    n_refine_outside: int = 4
-    fallback: bool = True
-    search_outside: bool = True
+    object_bounding_sphere: float = setting(1.0, "radius of the sphere the object lies in (normalised units)",
+                                            positive=True)
+    sdf_threshold: float = setting(5.0e-5, "sphere tracing stops when |SDF| is below this", positive=True)
+    line_search_step: float = setting(0.5, "factor of the step back when a sphere-tracing step lands inside",
+                                      positive=True)
+    line_step_iters: int = setting(1, "steps of that line search")
+    sphere_tracing_iters: int = setting(10, "sphere-tracing steps from each end of the ray")
+    n_steps: int = setting(100, "uniform samples between the two fronts of a ray sphere tracing did not finish")
+    n_secant_steps: int = setting(8, "secant steps refining the first sign change")
+    mode: str = setting("idr", "idr: the faithful IDR tracer (sphere tracing from the bounding sphere, n_steps "
+                        "samples, secant); mesh: search a band around the coarse mesh's hit depth, faithful "
+                        "tracer on the rays it does not resolve", choices=TRACER_MODES)
+    band: float = setting(0.05, "mesh mode: half-width of the search band around the coarse mesh's hit "
+                          "(normalised units)", positive=True)
+    band_steps: int = setting(10, "mesh mode: samples over the band", least=2)
+    n_front_steps: int = setting(10, "mesh mode: sphere-tracing steps checking that no surface lies in front "
+                                 "of the band (0: no check)")
+    n_steps_outside: int = setting(16, "mesh mode: stratified samples of the min-SDF search on out-of-mask rays",
+                                   least=2)
+    n_refine_outside: int = setting(4, "mesh mode: bracket-halving steps refining that search")
+    fallback: bool = setting(True, "mesh mode: false = rays the band does not resolve are misses (no faithful "
+                             "tracer); for an SDF that stays within the band (coarse_residual)")
+    search_outside: bool = setting(True, "mesh mode: false = no min-SDF search outside the mask (only the mask "
+                                   "loss needs it)")
 
-    MODES = ("idr", "mesh")
-
-    def __post_init__(self) -> None:
-        if self.mode not in self.MODES:
-            raise ValueError(f"ray_tracer.mode must be one of {list(self.MODES)}, got {self.mode!r}")
-        if not self.band > 0:
-            raise ValueError(f"ray_tracer.band must be positive, got {self.band}")
-        for name in ("band_steps", "n_steps_outside"):
-            if getattr(self, name) < 2:
-                raise ValueError(f"ray_tracer.{name} must be at least 2, got {getattr(self, name)}")
-        for name in ("n_front_steps", "n_refine_outside"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"ray_tracer.{name} must be >= 0, got {getattr(self, name)}")
-
-    @classmethod
-    def from_conf(cls, conf) -> "RayTracerConfig":
-        """From a pyhocon ConfigTree or a dict; missing keys keep their defaults, unknown keys raise."""
-        data = dict(conf) if conf is not None else {}
-        known = {f.name: f.type for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(f"ray_tracer: unknown keys {unknown}; known: {sorted(known)}")
-        kwargs = {}
-        for f in fields(cls):
-            if f.name in data:
-                if isinstance(f.default, str):
-                    kwargs[f.name] = str(data[f.name])
-                elif isinstance(f.default, bool):
-                    value = data[f.name]
-                    if not isinstance(value, bool):
-                        raise ValueError(f"ray_tracer.{f.name} must be true or false, got {value!r}")
-                    kwargs[f.name] = value
-                elif isinstance(f.default, int):
-                    kwargs[f.name] = int(data[f.name])
-                else:
-                    kwargs[f.name] = float(data[f.name])
-        return cls(**kwargs)
+    MODES = TRACER_MODES
 
 
 @dataclass

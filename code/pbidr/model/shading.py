@@ -10,13 +10,46 @@ rgb = D * A + S (in [0, 1], then mapped to [-1, 1]).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from pbidr.model.embedder import PositionalEncoding
 from pbidr.model.sdf_network import make_linear
+from pbidr.utils.config import Config, setting
+
+
+@dataclass
+class DiffuseNetworkConfig(Config):
+    """``model.diffuse_network``: the diffuse shading D(n) of the coarse (or SDF) normal."""
+
+    dims: list[int] = setting([128], "hidden layer widths", entries_positive=True)
+    d_out: int = setting(1, "1: grey shading (the original's), 3: rgb", choices=(1, 3))
+    weight_norm: bool = setting(True, "weight normalisation on every layer")
+    multires: int = setting(6, "positional-encoding frequencies of the normal (the original's multires_view)")
+
+
+@dataclass
+class SpecularNetworkConfig(Config):
+    """``model.specular_network``: the specular shading S(n_sdf, view)."""
+
+    dims: list[int] = setting([128], "hidden layer widths", entries_positive=True)
+    d_out: int = setting(1, "1: grey shading (the original's), 3: rgb", choices=(1, 3))
+    weight_norm: bool = setting(True, "weight normalisation on every layer")
+    multires_view: int = setting(4, "positional-encoding frequencies of the view direction")
+    multires_normal: int = setting(4, "positional-encoding frequencies of the SDF normal (the original uses "
+                                      "multires_view)")
+
+
+@dataclass
+class AlbedoNetworkConfig(Config):
+    """``model.albedo_network``: the albedo A(x, feature)."""
+
+    dims: list[int] = setting([256, 256, 256, 256], "hidden layer widths", entries_positive=True)
+    weight_norm: bool = setting(True, "weight normalisation on every layer")
+    multires: int = setting(4, "positional-encoding frequencies of the point (the original's multires_view)")
 
 
 class _MLP(nn.Module):
@@ -94,26 +127,15 @@ class AlbedoNetwork(nn.Module):
         return self.mlp(torch.cat([self.embed_point(points), features], dim=-1))
 
 
-def make_shading_networks(conf: Any, feature_dim: int) -> tuple[DiffuseShadingNetwork, SpecularShadingNetwork, AlbedoNetwork]:
-    """The three networks of the ``model`` conf block (``diffuse_network``, ``specular_network``,
-    ``albedo_network``; ``feature_dim`` = ``feature_vector_size``), built in this order (their random
-    initialisation draws from torch's global RNG)."""
-    dc = conf.get_config("diffuse_network")
-    diffuse = DiffuseShadingNetwork(
-        dims=dc.get_list("dims"), d_out=dc.get_int("d_out"),
-        weight_norm=dc.get_bool("weight_norm"), multires=dc.get_int("multires"),
+def make_shading_networks(diffuse: DiffuseNetworkConfig, specular: SpecularNetworkConfig, albedo: AlbedoNetworkConfig,
+                          feature_dim: int) -> tuple[DiffuseShadingNetwork, SpecularShadingNetwork, AlbedoNetwork]:
+    """The three networks of the model conf (``feature_dim`` = ``feature_vector_size``), built in this
+    order (their random initialisation draws from torch's global RNG)."""
+    return (
+        DiffuseShadingNetwork(dims=diffuse.dims, d_out=diffuse.d_out, weight_norm=diffuse.weight_norm,
+                              multires=diffuse.multires),
+        SpecularShadingNetwork(dims=specular.dims, d_out=specular.d_out, weight_norm=specular.weight_norm,
+                               multires_view=specular.multires_view, multires_normal=specular.multires_normal),
+        AlbedoNetwork(feature_dim=feature_dim, dims=albedo.dims, weight_norm=albedo.weight_norm,
+                      multires=albedo.multires),
     )
-    spc = conf.get_config("specular_network")
-    specular = SpecularShadingNetwork(
-        dims=spc.get_list("dims"), d_out=spc.get_int("d_out"), weight_norm=spc.get_bool("weight_norm"),
-        multires_view=spc.get_int("multires_view"), multires_normal=spc.get_int("multires_normal"),
-    )
-    ac = conf.get_config("albedo_network")
-    albedo = AlbedoNetwork(
-        feature_dim=feature_dim, dims=ac.get_list("dims"),
-        weight_norm=ac.get_bool("weight_norm"), multires=ac.get_int("multires"),
-    )
-    for name, net in (("diffuse_network", diffuse), ("specular_network", specular)):
-        if net.d_out not in (1, 3):
-            raise ValueError(f"model.{name}.d_out must be 1 (grey) or 3 (rgb), got {net.d_out}")
-    return diffuse, specular, albedo

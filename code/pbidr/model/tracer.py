@@ -8,7 +8,7 @@ Both are functions of an SDF callable; the :class:`Tracer` built here holds what
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
@@ -37,6 +37,7 @@ class Tracer:
         return trace_rays(sdf, origins, dirs, object_mask, config=self.config, chunk=self.chunk)
 
 
-def make_tracer(conf: Any) -> Tracer:
-    """The tracer of the ``model`` conf block (a ConfigTree with ``ray_tracer`` and ``sdf_chunk``)."""
-    return Tracer(config=RayTracerConfig.from_conf(conf.get_config("ray_tracer")), chunk=conf.get_int("sdf_chunk"))
+def make_tracer(config: RayTracerConfig, chunk: int) -> Tracer:
+    """The tracer of ``model.ray_tracer`` (``config``), evaluating at most ``chunk`` (``model.sdf_chunk``)
+    points per SDF call."""
+    return Tracer(config=config, chunk=chunk)

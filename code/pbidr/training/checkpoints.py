@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pyhocon import ConfigTree
 
 from pbidr.errors import PbidrError
 from pbidr.model.pbidr_model import PBIDRModel
-from pbidr.training.conf import parse_conf
+from pbidr.training.conf import RunConfig, parse_conf
 from pbidr.utils.atomic import atomic_path, file_sha256, write_text
 from pbidr.utils.outputs import output_stage
 
@@ -91,9 +90,9 @@ def latest_good_checkpoint(exp_dir: Path, warn=None) -> tuple[dict[str, Any], Pa
     return None
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> tuple[PBIDRModel, ConfigTree]:
+def model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> tuple[PBIDRModel, RunConfig]:
     conf = parse_conf(ckpt["conf"], str(path))
-    model = PBIDRModel(conf.get_config("model"))
+    model = PBIDRModel(conf.model)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
@@ -117,7 +116,7 @@ class LoadedRun:
     checkpoint: Path
     step: int
     model: "torch.nn.Module"
-    conf: Any
+    conf: RunConfig
     scan_dir: Path
 
 

@@ -1,59 +1,83 @@
-"""The run configuration: HOCON with ``train``, ``dataset``, ``model`` and ``loss`` blocks.
+"""The one config loader: a run's conf is HOCON with ``train``, ``dataset``, ``model`` and ``loss``
+blocks, read into one typed tree, :class:`RunConfig`.
 
-A conf file needs only the keys it changes; everything else falls back to the defaults here and
-in ``pbidr.model.conf_defaults`` (the original's settings). Every key and value is checked at start
-(unknown keys, types, ranges, choices, and whether the model builds), so a typo never silently runs
-the default and never fails after the scan is read; the one-line error names the conf file or the
-``--set`` item at fault. The command line's named confs (``--preset``) live in the repository's
-confs/; its default is the detail mode (confs/fast.conf). The resolved conf is saved in the run
-directory.
+Each component owns its block's dataclass, next to its code, with a default and a one-line doc per
+field (``pbidr train --print-conf`` prints them): :class:`TrainConfig` (here), ``DatasetConfig``
+(``pbidr.datasets.scan``), ``ModelConfig`` (``pbidr.model.pbidr_model``, with the SDF field's, the
+shading networks' and the tracer's blocks) and ``LossConfig`` (``pbidr.training.losses``, with the texel
+fit's). A conf file needs only the keys it changes. The text is parsed (pyhocon), ``--set`` overrides
+are put in, and the blocks are built once: unknown keys are refused with a near-miss hint, and every
+value is checked for type, range and choices (``pbidr.utils.config``), then the model and the loss are
+built once, so a typo never silently runs the default and never fails after the scan is read. The
+one-line error names the conf file or the ``--set`` item at fault. The resolved conf is saved in the
+run directory (``run.conf``) and in every checkpoint, and loads again through :func:`parse_conf`.
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
 import functools
-import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from pyhocon import ConfigFactory, ConfigTree, HOCONConverter
-from pyhocon.exceptions import ConfigException
 
+from pbidr.datasets.scan import DatasetConfig
 from pbidr.errors import PbidrError
-from pbidr.model.conf_defaults import loss_conf, model_conf
+from pbidr.model.pbidr_model import ModelConfig, PBIDRModel
+from pbidr.training.losses import LossConfig, PBIDRLoss
+from pbidr.utils.config import (Config, SettingError, UnknownKeyError, block, build, describe, did_you_mean,
+                                hocon_value, leaves, setting, to_dict)
 
-DEFAULT_TRAIN_CONF = """
-train {
-    batch_size = 2048            # rays per iteration (the original's num_pixels)
-    learning_rate = 1.0e-4
-    sched_milestones = [1000, 1500]   # epochs at which the learning rate is multiplied by sched_factor
-    sched_factor = 0.5
-    time_budget_s = 0            # > 0: stop (with a checkpoint) after this many seconds of this session
-    mask_ray_fraction = 0.0      # fraction of each batch's rays drawn inside the object mask (0: uniform, IDR)
-    sdf_lr_factor = 1.0          # the SDF network's learning rate = learning_rate x this
-    geometry_warmup_iters = 0    # the SDF network's learning rate ramps up from 0 over this many iterations
-    nepoch = 2000                # one epoch = n_views iterations (IDR: one image per iteration)
-    iters = 0                    # > 0 overrides nepoch: the total number of iterations
-    checkpoint_freq = 100        # iterations between checkpoints
-    checkpoint_seconds = 60      # also a checkpoint when this many seconds passed since the last (0: off)
-    keep_checkpoints = 3         # numbered checkpoints kept besides latest.pt
-    plot_freq = 500              # iterations between TensorBoard / PNG renders of one view (0: only at the end)
-    plot_view = 0                # 0-based view index rendered in plots
-    plot_res = 128               # longest side of the plot render in pixels
-    render_chunk = 4096          # rays per chunk when rendering (memory knob)
-    seed = 0
-    solver = rays                # rays: IDR's ray batches from the views; texels: the whole UV chart per step
-}
-dataset {
-    img_res = []                 # [H, W] to resample the scan's images to; [] keeps their size
-    views = []                   # 0-based views to train on; [] = all
-}
-"""
+SOLVERS = ("rays", "texels")
+
+
+@dataclass
+class TrainConfig(Config):
+    """The ``train`` block: the optimisation's schedule, batches, checkpoints and plots."""
+
+    batch_size: int = setting(2048, "rays per iteration (the original's num_pixels)", positive=True)
+    learning_rate: float = setting(1.0e-4, "Adam's base learning rate", positive=True)
+    sched_milestones: list[int] = setting([1000, 1500], "epochs at which the learning rate is multiplied by "
+                                                        "sched_factor")
+    sched_factor: float = setting(0.5, "learning-rate factor at each milestone", positive=True)
+    time_budget_s: float = setting(0.0, "> 0: stop (with a checkpoint) after this many seconds of this session")
+    mask_ray_fraction: float = setting(0.0, "fraction of each batch's rays drawn inside the object mask "
+                                            "(0: uniform, IDR)", at_most_one=True)
+    sdf_lr_factor: float = setting(1.0, "the SDF network's learning rate = learning_rate x this")
+    geometry_warmup_iters: int = setting(0, "the SDF network's learning rate ramps up from 0 over this many "
+                                            "iterations")
+    nepoch: int = setting(2000, "epochs; one epoch = n_views iterations (IDR: one image per iteration)",
+                          positive=True)
+    iters: int = setting(0, "> 0 overrides nepoch: the total number of iterations")
+    checkpoint_freq: int = setting(100, "iterations between checkpoints")
+    checkpoint_seconds: float = setting(60.0, "also a checkpoint when this many seconds passed since the last "
+                                              "(0: off)")
+    keep_checkpoints: int = setting(3, "numbered checkpoints kept besides latest.pt")
+    plot_freq: int = setting(500, "iterations between TensorBoard / PNG renders of one view (0: only at the end)")
+    plot_view: int = setting(0, "0-based view index rendered in plots")
+    plot_res: int = setting(128, "longest side of the plot render in pixels", positive=True)
+    render_chunk: int = setting(4096, "rays per chunk when rendering (memory knob)", positive=True)
+    seed: int = setting(0, "seed of every random number generator")
+    solver: str = setting("rays", "rays: IDR's ray batches from the views; texels: the whole UV chart per step",
+                          choices=SOLVERS)
+
+
+@dataclass
+class RunConfig(Config):
+    """A run's whole conf: one block per component."""
+
+    train: TrainConfig = block(TrainConfig, "the optimisation")
+    dataset: DatasetConfig = block(DatasetConfig, "the scan's views")
+    model: ModelConfig = block(ModelConfig, "the model: SDF field, shading networks, ray tracer")
+    loss: LossConfig = block(LossConfig, "the loss's weights, and the texel fit's energy")
+
 
 BLOCKS = ("train", "dataset", "model", "loss")
+_BLOCK_TYPES = {"train": TrainConfig, "dataset": DatasetConfig, "model": ModelConfig, "loss": LossConfig}
 
 # Where the named confs live: confs/ at the repository root (pip install -e . keeps the package there).
 PRESETS = {"detail": "fast.conf", "paper": "test.conf", "pbidr-cpu": "fast_pbidr.conf", "detail-mlp": "fast_mlp.conf"}
@@ -63,41 +87,6 @@ PRESET_HELP = ("detail = confs/fast.conf (the default: the detail mode, a displa
                "paper = confs/test.conf (the paper's settings, for a GPU: hours on a CPU), "
                "pbidr-cpu = confs/fast_pbidr.conf (PBIDR's model at CPU size), "
                "detail-mlp = confs/fast_mlp.conf (the detail mode with ray batches and a residual MLP)")
-
-# Keys whose default is written as an integer but which hold seconds (any number).
-_FLOAT_KEYS = {"train.time_budget_s", "train.checkpoint_seconds"}
-# Keys that must be > 0 (every other number must be >= 0: no key of the conf means anything negative).
-_POSITIVE = {"train.batch_size", "train.nepoch", "train.learning_rate", "train.sched_factor", "train.plot_res",
-             "train.render_chunk", "model.sdf_network.max_residual", "model.sdf_network.beta",
-             "model.ray_tracer.object_bounding_sphere", "model.ray_tracer.sdf_threshold",
-             "model.ray_tracer.line_search_step", "model.ray_tracer.band", "model.sdf_chunk",
-             "model.residual_lowpass_radius", "model.residual_lowpass_samples", "loss.alpha", "loss.alpha_factor",
-             "model.displacement_map.max_displacement", "loss.texel.albedo_radius_mm", "loss.texel.robust_scale",
-             "loss.texel.lowpass_sigma_mm", "loss.texel.light_iters"}
-_AT_MOST_ONE = {"train.mask_ray_fraction"}
-_CHOICES = {"model.diffuse_normal": ("coarse", "sdf"), "model.sdf_network.d_in": (3,), "train.solver": ("rays", "texels"),
-            "loss.texel.colour_source": ("texture", "views"), "loss.texel.light_model": ("lambert", "poly"),
-            "loss.texel.albedo_guide_order": (1, 2),
-            "model.diffuse_network.d_out": (1, 3), "model.specular_network.d_out": (1, 3)}
-# List keys whose entries must be > 0 (layer widths, image size); other lists hold indices or steps (>= 0).
-_POSITIVE_ENTRIES = ("dims", "img_res")
-
-
-def did_you_mean(key: str, known) -> str:
-    """' (did you mean batch_size?)' for a near miss of one of ``known``, else ''."""
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
-def _check_keys(user: ConfigTree, default: ConfigTree, where: str, source: str) -> None:
-    for key, value in user.items():
-        if key not in default:
-            known = ", ".join(sorted(default.keys()))
-            raise PbidrError(f"{source}: unknown key {where}.{key}{did_you_mean(key, default.keys())} "
-                             f"(known in {where}: {known})")
-        if isinstance(value, ConfigTree) and isinstance(default[key], ConfigTree):
-            _check_keys(value, default[key], f"{where}.{key}", source)
-
 
 def confs_dir() -> Path:
     """The repository's confs/ folder, found from the package's own location."""
@@ -168,19 +157,6 @@ def parse_set(items: list[str] | tuple[str, ...] | None) -> SetOverrides:
     return out
 
 
-@functools.lru_cache(maxsize=128)
-def _parsed(text: str) -> ConfigTree:
-    # pyhocon takes ~0.1 s per commented default block; parse each text once (callers copy or only read)
-    return ConfigFactory.parse_string(text)
-
-
-def _defaults_tree() -> ConfigTree:
-    """Every default key and value (read only)."""
-    from pbidr.model.conf_defaults import DEFAULT_LOSS_CONF, DEFAULT_MODEL_CONF
-
-    return _parsed(DEFAULT_TRAIN_CONF + DEFAULT_MODEL_CONF + DEFAULT_LOSS_CONF)
-
-
 class ConfValueError(PbidrError):
     """A conf value that does not fit its key; ``key`` says which (for naming the source)."""
 
@@ -189,147 +165,78 @@ class ConfValueError(PbidrError):
         self.key = key
 
 
-def _choices(key: str) -> tuple | None:
-    if key in _CHOICES:
-        return _CHOICES[key]
-    # the modules that use these values own the lists (imported here, so both always agree)
-    if key == "model.sdf_network.parameterisation":
-        from pbidr.model.pbidr_model import PARAMETERISATIONS
-
-        return PARAMETERISATIONS
-    if key == "model.ray_tracer.mode":
-        from pbidr.model.ray_tracing import RayTracerConfig
-
-        return RayTracerConfig.MODES
-    if key == "loss.mesh_pull_norm":
-        from pbidr.training.losses import _MESH_PULL_NORMS
-
-        return _MESH_PULL_NORMS
-    return None
+@functools.lru_cache(maxsize=128)
+def _parsed(text: str) -> ConfigTree:
+    # pyhocon takes ~0.1 s per commented conf; parse each text once (callers copy or only read)
+    return ConfigFactory.parse_string(text)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _parse(text: str | None, source: str) -> ConfigTree:
+    """A copy of ``text`` parsed (the overrides are put into it)."""
+    try:
+        return copy.deepcopy(_parsed(text or ""))
+    except Exception as exc:  # pyhocon raises several parser exception types
+        raise PbidrError(f"{source}: not valid HOCON ({' '.join(str(exc).split())})") from None
 
 
-def _check_value(key: str, value: Any, default: Any) -> None:
-    """Raise ConfValueError when ``value`` does not fit the type, range or choices of ``key``."""
-    def bad(why: str) -> None:
-        raise ConfValueError(key, f"{key} = {value!r}: {why}")
-
-    choices = _choices(key)
-    if isinstance(default, ConfigTree):
-        bad("expected a block { ... }")
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            bad("expected true or false")
-        return
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            bad(f"expected one of {', '.join(choices)}" if choices else "expected a string")
-        if choices and value not in choices:
-            bad(f"expected one of {', '.join(choices)}")
-        return
-    if isinstance(default, list):
-        if not isinstance(value, list):
-            bad("expected a list like [1, 2]")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            bad("expected a list of integers")
-        least = 1 if key.rsplit(".", 1)[-1] in _POSITIVE_ENTRIES else 0
-        if any(v < least for v in value):
-            bad(f"every entry must be >= {least}")
-        return
-    if not _is_number(value):
-        bad("expected a number")
-    if isinstance(default, int) and key not in _FLOAT_KEYS and not isinstance(value, int):
-        bad("expected an integer")
-    if not math.isfinite(float(value)):
-        bad("expected a finite number")
-    if choices and value not in choices:
-        bad(f"expected one of {', '.join(str(c) for c in choices)}")
-    if key in _POSITIVE and not value > 0:
-        bad("must be > 0")
-    if value < 0:
-        bad("must be >= 0")
-    if key in _AT_MOST_ONE and value > 1:
-        bad("must be in [0, 1]")
+def _block(cls: type, data: Any, name: str, source: str) -> Any:
+    """One block built from the user's keys; errors start with ``source``."""
+    try:
+        return build(cls, data, name)
+    except UnknownKeyError as err:
+        raise PbidrError(f"{source}: {err}") from None
+    except SettingError as err:
+        raise ConfValueError(err.key, f"{source}: {err}") from None
 
 
-def _check_values(conf: ConfigTree, defaults: ConfigTree, where: str = "") -> None:
-    for key, default in defaults.items():
-        full = f"{where}{key}"
-        value = conf.get(key)
-        if isinstance(default, ConfigTree) and isinstance(value, ConfigTree):
-            _check_values(value, default, full + ".")
-        else:
-            _check_value(full, value, default)
-
-
-def _check_builds(conf: ConfigTree) -> None:
+def _check_builds(conf: RunConfig, source: str) -> None:
     """Build the model and the loss once on the CPU, so what only they check fails now, not after the
     scan is read. The RNG state is left as it was (building draws initial weights)."""
-    import torch
-
-    from pbidr.model.pbidr_model import PBIDRModel
-    from pbidr.training.losses import PBIDRLoss
-
     try:
         with torch.random.fork_rng(devices=[]):
-            PBIDRModel(conf.get_config("model"))
-            PBIDRLoss(conf.get_config("loss"))
-    except (ValueError, TypeError, KeyError, IndexError, ConfigException) as exc:
-        raise PbidrError(" ".join(str(exc).split()) or exc.__class__.__name__) from None
+            PBIDRModel(conf.model)
+            PBIDRLoss(conf.loss)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise PbidrError(f"{source}: {' '.join(str(exc).split()) or exc.__class__.__name__}") from None
 
 
-def _build(user: ConfigTree, source: str) -> ConfigTree:
+def _build(user: ConfigTree, source: str) -> RunConfig:
     """The user's blocks over the defaults, every key and value checked; errors start with ``source``."""
-    defaults = copy.deepcopy(_parsed(DEFAULT_TRAIN_CONF))
-    for block in ("train", "dataset"):
-        if block in user:
-            if not isinstance(user[block], ConfigTree):
-                raise PbidrError(f"{source}: {block} must be a block {{ ... }}")
-            _check_keys(user.get_config(block), defaults.get_config(block), block, source)
-    for block in ("model", "loss"):
-        if block in user and not isinstance(user[block], ConfigTree):
-            raise PbidrError(f"{source}: {block} must be a block {{ ... }}")
-    try:
-        model = model_conf(user.get_config("model") if "model" in user else None)
-        loss = loss_conf(user.get_config("loss") if "loss" in user else None)
-    except PbidrError as err:
-        raise PbidrError(f"{source}: {err}") from None
-    conf = ConfigTree()
-    conf.put("train", user.get_config("train").with_fallback(defaults.get_config("train"))
-             if "train" in user else defaults.get_config("train"))
-    conf.put("dataset", user.get_config("dataset").with_fallback(defaults.get_config("dataset"))
-             if "dataset" in user else defaults.get_config("dataset"))
-    conf.put("model", model)
-    conf.put("loss", loss)
-    try:
-        _check_values(conf, _defaults_tree())
-    except ConfValueError as err:
-        raise ConfValueError(err.key, f"{source}: {err}") from None
-    if len(conf.get_list("dataset.img_res")) not in (0, 2):
-        raise PbidrError(f"{source}: dataset.img_res must be [] or [H, W]")
-    try:
-        _check_builds(conf)
-    except PbidrError as err:
-        raise PbidrError(f"{source}: {err}") from None
+    for key in user.keys():
+        if key not in BLOCKS:
+            raise PbidrError(f"{source}: unknown block '{key}' (expected {', '.join(BLOCKS)})")
+    for name in BLOCKS:
+        if name in user and not isinstance(user[name], ConfigTree):
+            raise PbidrError(f"{source}: {name} must be a block {{ ... }}")
+    conf = RunConfig(**{name: _block(cls, user.get(name, ConfigTree()), name, source)
+                        for name, cls in _BLOCK_TYPES.items()})
+    _check_builds(conf, source)
     return conf
 
 
+def _check_override_keys(overrides: dict[str, Any], label) -> None:
+    """Every ``--set`` key names a value or block of the tree."""
+    for key in overrides:
+        node: Any = RunConfig()
+        parts = key.split(".")
+        if parts[0] not in BLOCKS:
+            raise PbidrError(f"{label(key)}: unknown block '{parts[0]}' (expected {', '.join(BLOCKS)})")
+        for depth, part in enumerate(parts):
+            if not isinstance(node, Config) or not hasattr(node, part):
+                head = ".".join(parts[:depth])
+                known = sorted(to_dict(node)) if isinstance(node, Config) else []
+                raise PbidrError(f"{label(key)}: unknown key {key}{did_you_mean(part, known)} "
+                                 f"(known in {head}: {', '.join(known) or 'none'})")
+            node = getattr(node, part)
+
+
 def parse_conf(text: str | None = None, source: str = "conf", overrides: dict[str, Any] | None = None,
-               labels: dict[str, str] | None = None) -> ConfigTree:
+               labels: dict[str, str] | None = None) -> RunConfig:
     """Parse a conf (HOCON text), apply ``overrides`` (dotted keys) and fill the defaults.
 
     Every key and value is checked. A fault of the text itself is reported as ``source: ...``; one an
     override brings in as the override's label (``labels[key]``, by default ``--set KEY=VALUE``)."""
-    try:
-        user = copy.deepcopy(_parsed(text or ""))  # a copy: the overrides are put into it
-    except Exception as exc:  # pyhocon raises several parser exception types
-        raise PbidrError(f"{source}: not valid HOCON ({' '.join(str(exc).split())})") from None
-    for key in user.keys():
-        if key not in BLOCKS:
-            raise PbidrError(f"{source}: unknown block '{key}' (expected {', '.join(BLOCKS)})")
+    user = _parse(text, source)
     conf = _build(user, source)
     if not overrides:
         return conf
@@ -338,16 +245,7 @@ def parse_conf(text: str | None = None, source: str = "conf", overrides: dict[st
     def label(key: str) -> str:
         return labels.get(key) or f"--set {key}={_hocon(overrides[key])}"
 
-    defaults = _defaults_tree()
-    for key in overrides:
-        head, _, leaf = key.rpartition(".")
-        if head.split(".")[0] not in BLOCKS:
-            raise PbidrError(f"{label(key)}: unknown block '{key.split('.')[0]}' (expected {', '.join(BLOCKS)})")
-        parent = defaults.get(head, None) if head else defaults
-        if not isinstance(parent, ConfigTree) or leaf not in parent:
-            known = ", ".join(sorted(parent.keys())) if isinstance(parent, ConfigTree) else "none"
-            hint = did_you_mean(leaf, parent.keys()) if isinstance(parent, ConfigTree) else ""
-            raise PbidrError(f"{label(key)}: unknown key {key}{hint} (known in {head}: {known})")
+    _check_override_keys(overrides, label)
     for key, value in overrides.items():
         user.put(key, value, append=False)
     try:
@@ -365,13 +263,11 @@ def _hocon(value: Any) -> str:
     """A value as it would be typed after --set KEY= (for an override that came without its text)."""
     if isinstance(value, ConfigTree):
         return "{" + " ".join(HOCONConverter.to_hocon(value).split()) + "}"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+    return hocon_value(value) if isinstance(value, (bool, list)) else str(value)
 
 
 def load_conf(path: str | Path | None, overrides: dict[str, Any] | None = None,
-              labels: dict[str, str] | None = None) -> ConfigTree:
+              labels: dict[str, str] | None = None) -> RunConfig:
     """Read a conf file (None: the built-in defaults = the original's settings, as confs/test.conf)."""
     if path is None:
         return parse_conf(None, "defaults", overrides, labels)
@@ -385,5 +281,39 @@ def load_conf(path: str | Path | None, overrides: dict[str, Any] | None = None,
     return parse_conf(text, str(path), overrides, labels)
 
 
-def conf_to_text(conf: ConfigTree) -> str:
-    return HOCONConverter.to_hocon(conf) + "\n"
+def conf_to_text(conf: RunConfig) -> str:
+    """The resolved tree as HOCON (what run.conf and the checkpoints hold; :func:`parse_conf` reads it)."""
+    return HOCONConverter.to_hocon(ConfigFactory.from_dict(to_dict(conf))) + "\n"
+
+
+def describe_conf(conf: RunConfig) -> str:
+    """The resolved tree as commented HOCON: each key's doc above it, and its default where it differs."""
+    return "\n".join(describe(conf, RunConfig())) + "\n"
+
+
+def same_conf(a: str, b: str) -> bool:
+    """Whether two saved confs (run.conf texts) resolve to the same tree, however they are laid out."""
+    return parse_conf(a, "saved conf") == parse_conf(b, "saved conf")
+
+
+def conf_keys() -> list[tuple[str, Any]]:
+    """(dotted key, default) of every value of the tree."""
+    return [(key, value) for key, value, _ in leaves(RunConfig())]
+
+
+def _block_config(cls: type, name: str, user: Any) -> Any:
+    tree = user if isinstance(user, ConfigTree) else (_parse(user, name) if isinstance(user, str)
+                                                      else ConfigFactory.from_dict(user or {}))
+    if name in tree and isinstance(tree[name], ConfigTree) and len(tree) == 1:
+        tree = tree[name]  # accept {model {...}} as well as the block itself
+    return _block(cls, tree, name, name)
+
+
+def model_config(user: Any = None) -> ModelConfig:
+    """A ``model`` block (HOCON text, dict or ConfigTree; None: the defaults) as a checked ModelConfig."""
+    return _block_config(ModelConfig, "model", user)
+
+
+def loss_config(user: Any = None) -> LossConfig:
+    """A ``loss`` block (HOCON text, dict or ConfigTree; None: the defaults) as a checked LossConfig."""
+    return _block_config(LossConfig, "loss", user)

@@ -13,16 +13,41 @@ L1 albedo change over a small tangent step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pbidr.model.conf_defaults import loss_conf
+from pbidr.detail.fit import TexelConfig
 from pbidr.model.pbidr_model import ModelOutput
+from pbidr.utils.config import Config, block, setting
 
 _MESH_PULL_NORMS = ("l2sq", "l2", "l1")
+
+
+@dataclass
+class LossConfig(Config):
+    """The ``loss`` block: the weights of the terms (see the module doc) and the mask loss's sharpness.
+    Defaults are the original PBIDR's; its reg_weight is mesh_pull_weight here."""
+
+    rgb_weight: float = setting(1.0, "L1 colour")
+    eikonal_weight: float = setting(0.1, "eikonal (|grad f| = 1)")
+    mask_weight: float = setting(100.0, "silhouette (IDR's mask loss)")
+    mesh_pull_weight: float = setting(5.0, "distance between the mesh-pulled and the traced surface points "
+                                           "(the original's reg_weight)")
+    mesh_pull_norm: str = setting("l2sq", "l2sq (the original's mean squared distance) | l2 | l1",
+                                  choices=_MESH_PULL_NORMS)
+    mesh_pull_detach_target: bool = setting(False, "the pull compares against the detached traced point")
+    normal_weight: float = setting(1.0, "1 - cos between SDF normals and the coarse mesh's")
+    residual_weight: float = setting(0.0, "detail mode: mean squared SDF at the coarse-mesh hits")
+    residual_lowpass_weight: float = setting(0.0, "detail mode: mean squared local mean of the residual "
+                                                  "(model.residual_lowpass_*)")
+    albedo_smoothness_weight: float = setting(0.0, "mean L1 albedo change over model.albedo_smoothness_step")
+    texel: TexelConfig = block(TexelConfig, "train.solver = texels: the texel fit's energy")
+    alpha: float = setting(50.0, "mask-loss sharpness at the start", positive=True)
+    alpha_factor: float = setting(2.0, "alpha is multiplied by this at each milestone", positive=True)
+    alpha_milestones: list[int] = setting([250, 500, 750, 1000, 1250], "epochs at which alpha grows")
 
 
 @dataclass
@@ -111,32 +136,32 @@ def _mean_square(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class PBIDRLoss(nn.Module):
-    """Built from the ``loss`` conf block (defaults in ``conf_defaults.DEFAULT_LOSS_CONF``).
+    """Built from a :class:`LossConfig` (None: the defaults).
 
     ``alpha`` (mask-loss sharpness) is a plain attribute: set it per epoch with
     ``loss.alpha = loss.alpha_for(epoch)``, or pass ``alpha=`` to ``forward``.
     """
 
-    def __init__(self, conf: Any = None):
+    def __init__(self, conf: Optional[LossConfig] = None):
         super().__init__()
-        conf = loss_conf(conf)
+        conf = LossConfig() if conf is None else conf
+        if not isinstance(conf, LossConfig):
+            raise TypeError(f"PBIDRLoss takes a LossConfig (pbidr.training.conf.loss_config), not {type(conf).__name__}")
         self.conf = conf
-        self.rgb_weight = conf.get_float("rgb_weight")
-        self.eikonal_weight = conf.get_float("eikonal_weight")
-        self.mask_weight = conf.get_float("mask_weight")
-        self.mesh_pull_weight = conf.get_float("mesh_pull_weight")
-        self.mesh_pull_norm = conf.get_string("mesh_pull_norm")
-        self.mesh_pull_detach_target = conf.get_bool("mesh_pull_detach_target")
-        self.normal_weight = conf.get_float("normal_weight")
-        self.residual_weight = conf.get_float("residual_weight")
-        self.residual_lowpass_weight = conf.get_float("residual_lowpass_weight")
-        self.albedo_smoothness_weight = conf.get_float("albedo_smoothness_weight")
-        self.alpha_init = conf.get_float("alpha")
-        self.alpha_factor = conf.get_float("alpha_factor")
-        self.alpha_milestones = [int(m) for m in conf.get_list("alpha_milestones")]
+        self.rgb_weight = conf.rgb_weight
+        self.eikonal_weight = conf.eikonal_weight
+        self.mask_weight = conf.mask_weight
+        self.mesh_pull_weight = conf.mesh_pull_weight
+        self.mesh_pull_norm = conf.mesh_pull_norm
+        self.mesh_pull_detach_target = conf.mesh_pull_detach_target
+        self.normal_weight = conf.normal_weight
+        self.residual_weight = conf.residual_weight
+        self.residual_lowpass_weight = conf.residual_lowpass_weight
+        self.albedo_smoothness_weight = conf.albedo_smoothness_weight
+        self.alpha_init = conf.alpha
+        self.alpha_factor = conf.alpha_factor
+        self.alpha_milestones = list(conf.alpha_milestones)
         self.alpha = self.alpha_init
-        if self.mesh_pull_norm not in _MESH_PULL_NORMS:
-            raise ValueError(f"loss.mesh_pull_norm must be one of {_MESH_PULL_NORMS}, got {self.mesh_pull_norm!r}")
 
     def alpha_for(self, epoch: int) -> float:
         return alpha_at(epoch, self.alpha_init, self.alpha_factor, self.alpha_milestones)

@@ -35,16 +35,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from pyhocon import ConfigFactory, ConfigTree
 
 from pbidr import __version__
 from pbidr.datasets.scan import RaySampler, ScanData, load_scan, resize_camera
+from pbidr.detail.solver import TexelSolver, fit_config, map_resolution
 from pbidr.errors import PbidrError
 from pbidr.model.pbidr_model import PBIDRModel
 from pbidr.model.render import batch_to_device, render_camera
 from pbidr.training.checkpoints import (CHECKPOINT_DIR, checkpoint_path, checksum_path, is_run_dir,
                                         latest_good_checkpoint, write_checkpoint)
-from pbidr.training.conf import conf_to_text, load_conf, parse_conf
+from pbidr.training.conf import TrainConfig, conf_to_text, load_conf, parse_conf
 from pbidr.training.losses import LossTerms, PBIDRLoss
 from pbidr.utils.atomic import write_json, write_text
 from pbidr.utils.images import contact_sheet, write_png
@@ -102,19 +102,19 @@ class TexelTerms:
         return dict(self.terms)
 
 
-def make_optimizer(model: PBIDRModel, tc: ConfigTree, epoch_len: int):
+def make_optimizer(model: PBIDRModel, tc: TrainConfig, epoch_len: int):
     """Adam over two parameter groups, geometry (the SDF network) and appearance (the rest), and its
     schedule: both follow the multi-step decay (milestones in epochs); the geometry group's rate is
     ``sdf_lr_factor`` times the base and ramps up linearly over ``geometry_warmup_iters`` (0 = none),
     so the appearance networks fit the colours of the starting shape before the shape may move."""
-    lr = tc.get_float("learning_rate")
+    lr = tc.learning_rate
     geometry = list(model.sdf_network.parameters())
     ids = {id(p) for p in geometry}
     appearance = [p for p in model.parameters() if id(p) not in ids]
-    optimizer = torch.optim.Adam([{"params": geometry, "lr": lr * tc.get_float("sdf_lr_factor")},
+    optimizer = torch.optim.Adam([{"params": geometry, "lr": lr * tc.sdf_lr_factor},
                                   {"params": appearance, "lr": lr}], lr=lr)
-    milestones = sorted(int(m) * epoch_len for m in tc.get_list("sched_milestones"))
-    gamma, warmup = tc.get_float("sched_factor"), tc.get_int("geometry_warmup_iters")
+    milestones = sorted(m * epoch_len for m in tc.sched_milestones)
+    gamma, warmup = tc.sched_factor, tc.geometry_warmup_iters
 
     def decay(step: int) -> float:
         return gamma ** sum(1 for m in milestones if step >= m)
@@ -266,38 +266,32 @@ class Trainer:
             raise PbidrError("--input/--data SCAN_DIR is required for a new run")
         self.scan_dir = Path(start.scan_dir)
         self.conf = conf
-        tc = conf.get_config("train")
-        self.batch_size = tc.get_int("batch_size")
-        self.seed = tc.get_int("seed")
+        self.batch_size = conf.train.batch_size
+        self.seed = conf.train.seed
 
     def _load_data(self) -> None:
         """The scan at the conf's resolution and views, its ray sampler, and the run's length in steps."""
-        tc = self.conf.get_config("train")
-        img_res = self.conf.get_list("dataset.img_res")
-        views = self.conf.get_list("dataset.views") or None
-        self.data: ScanData = load_scan(self.scan_dir, tuple(img_res) if img_res else None, views)
-        if not 0 <= tc.get_int("plot_view") < self.data.n_views:
-            raise PbidrError(f"train.plot_view = {tc.get_int('plot_view')} but the scan has {self.data.n_views} views")
+        tc, dc = self.conf.train, self.conf.dataset
+        self.data: ScanData = load_scan(self.scan_dir, tuple(dc.img_res) if dc.img_res else None, dc.views or None)
+        if not 0 <= tc.plot_view < self.data.n_views:
+            raise PbidrError(f"train.plot_view = {tc.plot_view} but the scan has {self.data.n_views} views")
         self.sampler = RaySampler(self.data)
         self.epoch_len = self.data.n_views  # IDR: one image per iteration, an epoch is every image once
-        iters = tc.get_int("iters")
-        self.total_steps = iters if iters > 0 else tc.get_int("nepoch") * self.epoch_len
+        self.total_steps = tc.iters if tc.iters > 0 else tc.nepoch * self.epoch_len
 
     def _check_solver(self) -> None:
         """The solver and the SDF parameterisation go together; a displacement map's resolution 0 (auto)
         is resolved from the scan."""
-        tc = self.conf.get_config("train")
         self.texel_solver = None
-        self.solver = tc.get_string("solver")
-        param = self.conf.get_string("model.sdf_network.parameterisation")
+        self.solver = self.conf.train.solver
+        param = self.conf.model.sdf_network.parameterisation
         if (self.solver == "texels") != (param == "displacement_map"):
             raise PbidrError(f"train.solver = {self.solver} and model.sdf_network.parameterisation = {param}: the "
                              "texel solver fits the displacement_map parameterisation, and only it")
-        if param == "displacement_map" and self.conf.get_int("model.displacement_map.resolution") == 0:
-            from pbidr.detail.solver import map_resolution
-
+        dmap = self.conf.model.displacement_map
+        if param == "displacement_map" and dmap.resolution == 0:
             # resolved once and saved in the run's conf, so eval builds the same map
-            self.conf.put("model.displacement_map.resolution", map_resolution(self.conf, self.data.mesh))
+            dmap.resolution = map_resolution(0, self.data.mesh)
 
     def _build_model(self) -> None:
         """Seed every RNG (so the initial weights are the seed's), then the model on the coarse mesh, and
@@ -305,22 +299,22 @@ class Trainer:
         torch.manual_seed(self.seed)
         self.rng = np.random.default_rng(self.seed)
         random.seed(self.seed)
-        self.model = PBIDRModel(self.conf.get_config("model")).to(self.device)
+        self.model = PBIDRModel(self.conf.model).to(self.device)
         coarse = self.sampler.coarse
         self.model.attach_coarse_mesh(coarse.vertices, coarse.faces, coarse.vertex_normals, uv=self.data.mesh.uv,
                                       face_uv=self.data.mesh.face_uv, scale=float(self.data.scale_mat[0, 0]))
-        self.loss_fn = PBIDRLoss(self.conf.get_config("loss"))
+        self.loss_fn = PBIDRLoss(self.conf.loss)
 
     def _build_optimiser(self) -> None:
         """The texel solver's optimiser and schedule, or Adam over the networks (:func:`make_optimizer`)."""
         if self.solver == "texels":
-            from pbidr.detail.solver import TexelSolver
-
-            self.texel_solver = TexelSolver(self.model, self.conf, self.data.mesh, self.scan_dir, self.device,
-                                            self.total_steps)
+            c = self.conf
+            fit = fit_config(c.loss.texel, c.model.displacement_map, c.train.learning_rate, c.train.iters)
+            self.texel_solver = TexelSolver(self.model, fit, c.loss.texel.colour_source, self.data.mesh, self.scan_dir,
+                                            self.device, self.total_steps)
             self.optimizer, self.scheduler = self.texel_solver.optimizer, self.texel_solver.scheduler
         else:
-            self.optimizer, self.scheduler = make_optimizer(self.model, self.conf.get_config("train"), self.epoch_len)
+            self.optimizer, self.scheduler = make_optimizer(self.model, self.conf.train, self.epoch_len)
 
     def _restore(self, checkpoint: dict[str, Any] | None) -> None:
         """Step 0, or the checkpoint's model, optimiser, scheduler, step and RNG states (exact resume)."""
@@ -351,7 +345,7 @@ class Trainer:
         latest = checkpoint_path(self.exp_dir)
         write_checkpoint(latest, state)
         write_checkpoint(checkpoint_path(self.exp_dir, self.step), state)
-        keep = self.conf.get_int("train.keep_checkpoints")
+        keep = self.conf.train.keep_checkpoints
         old = sorted(latest.parent.glob("step_*.pt"))[:-keep] if keep > 0 else []
         for p in old:
             p.unlink()
@@ -386,21 +380,21 @@ class Trainer:
     def plot(self) -> Path:
         """Render the plot view at plot_res; PNG in plots/ and an image in TensorBoard. The texel
         solver shows its maps instead (D and the albedo in the chart): they are what it fits."""
-        tc = self.conf.get_config("train")
+        tc = self.conf.train
         if self.texel_solver is not None:
             from pbidr.detail.maps import maps_sheet
 
             self.texel_solver.refresh_buffers()
-            sheet = maps_sheet(self.model.sdf_network, tc.get_int("plot_res"))
+            sheet = maps_sheet(self.model.sdf_network, tc.plot_res)
             path = self.exp_dir / "plots" / f"step_{self.step:07d}.png"
             write_png(path, sheet)
             return path
-        cam = self.data.cameras[tc.get_int("plot_view")]
-        scale = tc.get_int("plot_res") / max(cam.width, cam.height)
+        cam = self.data.cameras[tc.plot_view]
+        scale = tc.plot_res / max(cam.width, cam.height)
         small = resize_camera(cam, max(1, round(cam.width * scale)), max(1, round(cam.height * scale)))
         self.model.set_step(self.step)
-        view = render_camera(self.model, self.sampler.coarse, small, self.device, tc.get_int("render_chunk"))
-        gt = self.data.images[tc.get_int("plot_view")]
+        view = render_camera(self.model, self.sampler.coarse, small, self.device, tc.render_chunk)
+        gt = self.data.images[tc.plot_view]
         import cv2
 
         gt = cv2.resize(gt, (small.width, small.height), interpolation=cv2.INTER_AREA)
@@ -419,7 +413,7 @@ class Trainer:
             terms = TexelTerms(self.texel_solver.step(self.step))
             self.step += 1
             return terms
-        rays = self.sampler.sample(self.batch_size, self.rng, self.conf.get_float("train.mask_ray_fraction"))
+        rays = self.sampler.sample(self.batch_size, self.rng, self.conf.train.mask_ray_fraction)
         batch = batch_to_device(rays, self.device)
         rgb_gt = torch.as_tensor(rays["rgb"], device=self.device) * 2.0 - 1.0  # images compared in [-1, 1]
         self.model.set_step(self.step)
@@ -463,9 +457,9 @@ class Trainer:
             lock.release()
 
     def _run_locked(self) -> TrainResult:
-        tc = self.conf.get_config("train")
-        cadence = Cadence(checkpoint_freq=tc.get_int("checkpoint_freq"), plot_freq=tc.get_int("plot_freq"),
-                          checkpoint_seconds=tc.get_float("checkpoint_seconds"))
+        tc = self.conf.train
+        cadence = Cadence(checkpoint_freq=tc.checkpoint_freq, plot_freq=tc.plot_freq,
+                          checkpoint_seconds=tc.checkpoint_seconds)
         self._start_log()
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         clock = LoopClock(t_start=time.perf_counter(), start_step=self.step)
@@ -474,7 +468,7 @@ class Trainer:
                            disable=not self.progress)
         self._last_checkpoint_t = time.perf_counter()
         try:
-            budget = tc.get_float("time_budget_s")
+            budget = tc.time_budget_s
             while self.step < self.total_steps and self._stop_signal is None:
                 if budget > 0 and time.perf_counter() - clock.t_start >= budget:
                     self._log(f"# time budget of {budget:g} s reached at step {self.step}")
