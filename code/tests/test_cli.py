@@ -23,7 +23,7 @@ from pbidr.io.obj import write_obj
 from pbidr.preprocess.pipeline import preprocess
 from pbidr.preprocess.sample import make_sample
 from pbidr.training import trainer as trainer_module
-from pbidr.training.conf import load_conf, parse_set, resolve_conf
+from pbidr.training.conf import conf_to_text, load_conf, parse_conf, parse_set, resolve_conf, same_conf
 
 from conftest import textured_sphere, toy_conf
 
@@ -67,6 +67,36 @@ def test_the_default_conf_is_the_detail_mode_everywhere(capsys):
         assert 'CONF="${CONF:-confs/fast.conf}"' in (REPO / "script" / script).read_text()
     readme = " ".join((REPO / "README.md").read_text().split())
     assert "`confs/fast.conf` (`--preset detail`), the default of `pbidr train`, `pbidr batch` and the scripts" in readme
+
+
+def test_print_conf_shows_the_resolved_tree_with_its_docs(capsys):
+    assert cli.main(["train", "--print-conf", "--preset", "paper", "--set", "train.batch_size=512"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("# " + str(REPO / "confs" / "test.conf") + " with --set train.batch_size=512\n")
+    assert "    # rays per iteration (the original's num_pixels)\n    batch_size = 512  # default: 2048\n" in text
+    # every key has its doc above it, and the text is the conf itself: it reads back as the same tree
+    lines = text.splitlines()
+    assert all(lines[i - 1].strip().startswith("#") for i, line in enumerate(lines)
+               if " = " in line and not line.lstrip().startswith("#"))
+    expected = load_conf(REPO / "confs" / "test.conf", {"train.batch_size": 512})
+    assert parse_conf(text, "printed conf") == expected
+    # it needs no scan and no run directory, but a bad --set still fails as it would for a run
+    assert cli.main(["train", "--print-conf", "--set", "train.batch_sise=1"]) == 2
+    assert "did you mean batch_size?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["detail", "pbidr-cpu", "detail-mlp"])
+def test_run_conf_saved_by_an_older_pbidr_still_loads(name):
+    """run.conf files written before the typed config tree (by commit 88a95ac, one per preset) load into the
+    same tree they were written from, and save back to a text that resolves the same."""
+    text = (Path(__file__).parent / "data" / "older_run_confs" / f"{name}.conf").read_text()
+    conf = parse_conf(text, f"{name}.conf")
+    assert conf.train.iters in (20, 60) and conf.train.plot_freq == 0
+    assert same_conf(conf_to_text(conf), text)
+    from_preset = load_conf(resolve_conf(None, name), {"train.iters": conf.train.iters, "train.plot_freq": 0})
+    # the run resolved what its preset leaves open (the map's resolution from the texture)
+    from_preset.model.displacement_map.resolution = conf.model.displacement_map.resolution
+    assert conf.model == from_preset.model and conf.loss == from_preset.loss and conf.dataset == from_preset.dataset
 
 
 def test_train_without_conf_runs_the_detail_mode(scan, tmp_path, capsys):

@@ -17,6 +17,7 @@ from pbidr.io.mesh import TexturedMesh
 from pbidr.model.embedder import PositionalEncoding
 from pbidr.model.pbidr_model import PBIDRModel
 from pbidr.training.conf import load_conf, model_config
+from pbidr.training.regularisers import RegulariserSampler
 from pbidr.training.trainer import make_optimizer
 
 RADIUS = 0.5
@@ -222,3 +223,23 @@ def test_detail_mode_end_to_end_on_a_tiny_sample(tmp_path):
     largest = max(abs(metrics["displacement"]["detailed"]["min"]), abs(metrics["displacement"]["detailed"]["max"]))
     assert metrics["band"] >= 1.25 * largest and metrics["displacement"]["fraction_outside_band"] == 0.0
     assert json.loads((run / "eval" / "metrics.json").read_text())["score"]["mesh"] == "detailed.obj"
+
+
+def test_residual_lowpass_averages_over_tangent_discs(sphere_mesh):
+    """The loss side's low-pass prior samples discs in the coarse mesh's tangent planes: with the residual
+    replaced by |x|^2 and points on a sphere of radius R (normals radial), each disc's mean is R^2 plus
+    the mean squared offset, which lies in [0, radius^2] and averages radius^2 / 2 (uniform disc)."""
+    radius, samples = 0.1, 8
+    model = PBIDRModel(model_config({**RESIDUAL_MODEL, "residual_lowpass_points": 64,
+                                     "residual_lowpass_radius": radius, "residual_lowpass_samples": samples}))
+    model.sdf_network.residual_at = lambda x: (x * x).sum(-1)
+    sampler = RegulariserSampler(model)
+    normals = torch.nn.functional.normalize(torch.randn(100, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+    means = sampler.residual_lowpass(RADIUS * normals, normals)
+    assert means.shape == (64,)
+    excess = (means - RADIUS ** 2) * (samples + 1) / samples  # the mean of |offset|^2 over the k samples
+    assert excess.min() >= -1e-6 and excess.max() <= radius ** 2 + 1e-6
+    assert abs(float(excess.mean()) - radius ** 2 / 2) < 0.15 * radius ** 2
+    # off unless the field is a residual one
+    sphere = PBIDRModel(model_config({"residual_lowpass_points": 64}))
+    assert RegulariserSampler(sphere).residual_lowpass(RADIUS * normals, normals).shape == (0,)

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from pbidr.errors import PbidrError
-from pbidr.model.pbidr_model import GeometrySupervision, RegulariserSamples
+from pbidr.model.pbidr_model import GeometrySupervision
 from pbidr.training.conf import loss_config
+from pbidr.training.regularisers import RegulariserSamples
 from pbidr.training.losses import (
     PBIDRLoss,
     alpha_at,
@@ -77,7 +78,8 @@ def test_alpha_schedule():
 
 
 class _FakeOutput:
-    """The ModelOutput fields the loss reads: the masks, rgb, and the geometry and regularisers structs."""
+    """The ModelOutput fields the loss reads (the masks, rgb, the geometry struct), and ``priors``: what
+    a RegulariserSampler would draw (the loss's ``regularisers``)."""
 
     def __init__(self, n=6, p=3, requires_grad=True):
         g = torch.Generator().manual_seed(0)
@@ -87,13 +89,14 @@ class _FakeOutput:
         self.geometry = GeometrySupervision(
             traced_sdf=torch.randn(n, generator=g).requires_grad_(requires_grad),
             eikonal_gradients=torch.randn(2 * n, 3, generator=g).requires_grad_(requires_grad),
+            mesh_points=torch.randn(p, 3, generator=g),
             mesh_pull_points=torch.randn(p, 3, generator=g).requires_grad_(requires_grad),
             mesh_pull_targets=torch.randn(p, 3, generator=g).requires_grad_(requires_grad),
             sdf_normals=torch.randn(p, 3, generator=g).requires_grad_(requires_grad),
             mesh_normals=torch.randn(p, 3, generator=g),
             mesh_sdf=torch.randn(p, generator=g).requires_grad_(requires_grad),
         )
-        self.regularisers = RegulariserSamples(
+        self.priors = RegulariserSamples(
             residual_lowpass=torch.randn(2, generator=g).requires_grad_(requires_grad),
             albedo_step=torch.randn(4, 3, generator=g).requires_grad_(requires_grad),
         )
@@ -114,11 +117,12 @@ def test_total_is_weighted_sum_and_conf_overrides():
     detached(out2, gt).total.backward()
     assert out2.geometry.mesh_pull_targets.grad is None
     # The detail mode's terms: mean squares, weighted into the total, off by default.
-    reg = PBIDRLoss(loss_config({"residual_weight": 3.0, "residual_lowpass_weight": 7.0, "albedo_smoothness_weight": 2.0}))(out2, gt)
+    weighted = loss_config({"residual_weight": 3.0, "residual_lowpass_weight": 7.0, "albedo_smoothness_weight": 2.0})
+    reg = PBIDRLoss(weighted)(out2, gt, regularisers=out2.priors)
     torch.testing.assert_close(reg.residual, (out2.geometry.mesh_sdf ** 2).mean())
-    torch.testing.assert_close(reg.residual_lowpass, (out2.regularisers.residual_lowpass ** 2).mean())
+    torch.testing.assert_close(reg.residual_lowpass, (out2.priors.residual_lowpass ** 2).mean())
     plain = PBIDRLoss()(out2, gt)
-    torch.testing.assert_close(reg.albedo_smoothness, out2.regularisers.albedo_step.abs().sum(-1).mean())
+    torch.testing.assert_close(reg.albedo_smoothness, out2.priors.albedo_step.abs().sum(-1).mean())
     torch.testing.assert_close(reg.total - plain.total,
                                3.0 * reg.residual + 7.0 * reg.residual_lowpass + 2.0 * reg.albedo_smoothness)
     with pytest.raises(PbidrError):

@@ -15,6 +15,7 @@ from pbidr.model.ray_tracing import RayTracerConfig, trace_rays
 from pbidr.model.sample_network import sample_network
 from pbidr.model.sdf_network import SDFNetwork
 from pbidr.training.losses import PBIDRLoss
+from pbidr.training.regularisers import RegulariserSampler
 from pbidr.training.conf import model_config
 
 TINY_MODEL = {
@@ -232,11 +233,15 @@ def test_model_forward_backward_finite_grads():
     geo = out.geometry
     assert geo.traced_sdf.shape == (n,) and geo.eikonal_gradients.shape == (n + n // 2, 3)
     p = int((surf & batch.mesh_hit).sum())
-    for name in ("mesh_pull_points", "mesh_pull_targets", "sdf_normals", "mesh_normals"):
+    for name in ("mesh_points", "mesh_pull_points", "mesh_pull_targets", "sdf_normals", "mesh_normals"):
         assert getattr(geo, name).shape == (p, 3), name
     assert geo.mesh_sdf.shape == (p,)
-    # The detail mode's priors are off in this conf: nothing sampled.
-    assert out.regularisers.residual_lowpass.shape == (0,) and out.regularisers.albedo_step.shape == (0, 3)
+    assert torch.equal(geo.mesh_points, batch.mesh_points[surf & batch.mesh_hit])
+    assert out.surface_features.shape == (int(surf.sum()), TINY_MODEL["feature_vector_size"])
+    assert not out.surface_features.requires_grad
+    # The detail mode's priors are off in this conf: the loss side samples nothing.
+    priors = RegulariserSampler(model)(out)
+    assert priors.residual_lowpass.shape == (0,) and priors.albedo_step.shape == (0, 3)
     # Differentiable surface points equal the traced ones in value; the SDF vanishes there.
     torch.testing.assert_close(geo.mesh_pull_targets, out.points[surf & batch.mesh_hit])
     # Sphere-traced hits stop at sdf <= 5e-5; IDR also accepts a front that a line search left
@@ -298,3 +303,29 @@ def test_model_rejects_unknown_conf_keys():
         model_config({"diffuse_network": {"d_out": 2}})
     with pytest.raises(TypeError, match="ModelConfig"):
         PBIDRModel({"diffuse_network": {"d_out": 1}})  # a component takes its config object, never a dict
+
+
+def test_albedo_prior_compares_the_albedo_a_tangent_step_away():
+    """The loss side's albedo prior: the albedo at each surface point minus the albedo network's at a
+    point ``albedo_smoothness_step`` away along the surface (perpendicular to the SDF normal)."""
+    model = PBIDRModel(model_config({**TINY_MODEL, "albedo_smoothness_step": 0.05})).train()
+    torch.manual_seed(0)
+    out = model(toy_batch(256))
+    surf = out.surface_mask
+    seen = {}
+    albedo_at = model.albedo_at
+
+    def spy(points, features):
+        seen["points"], seen["features"] = points, features
+        return albedo_at(points, features)
+
+    model.albedo_at = spy
+    step = RegulariserSampler(model)(out).albedo_step
+    assert step.shape == (int(surf.sum()), 3) and torch.isfinite(step).all()
+    offset = seen["points"] - out.points[surf]
+    torch.testing.assert_close(offset.norm(dim=-1), torch.full((offset.shape[0],), 0.05))
+    assert (offset * out.normals[surf]).sum(-1).abs().max() < 1e-5
+    assert torch.equal(seen["features"], out.surface_features)
+    torch.testing.assert_close(step, out.albedo[surf] - albedo_at(seen["points"], seen["features"]))
+    step.abs().sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.albedo_network.parameters())

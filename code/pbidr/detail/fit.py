@@ -48,7 +48,10 @@ LOG_FLOOR = 1.0 / 512.0  # colours below this are clamped before the log (8-bit 
 
 @dataclass
 class FitConfig:
-    """Knobs of the texel fit (the conf block ``detail``)."""
+    """Knobs of the texel fit as :func:`fit` takes them. A run builds it from its ``loss.texel`` block
+    (:class:`TexelConfig`, whose defaults are the shipped ones), ``model.displacement_map`` and ``train``
+    (``pbidr.detail.solver.fit_config``); the defaults here are the bare function's, for tests and
+    benchmarks that set what they vary."""
 
     steps: int = 400
     learning_rate: float = 0.02  # mm per step (Adam), on every grid level

@@ -101,6 +101,7 @@ class GeometrySupervision:
     traced_sdf: (N,) SDF at the traced points: the mask loss uses it off ``surface_mask``.
     eikonal_gradients: (N + U, 3) SDF gradients at the eikonal samples (the traced points, then the
         uniform samples in the bounding cube).
+    mesh_points: (P, 3) the coarse-mesh hits p_mesh of those rays (no gradient).
     mesh_pull_points: (P, 3) p' = p_mesh - grad f(p_mesh) f(p_mesh).
     mesh_pull_targets: (P, 3) the differentiable traced surface points of the same rays.
     sdf_normals: (P, 3) SDF gradient at those surface points (not normalised; the loss uses cosine).
@@ -110,25 +111,12 @@ class GeometrySupervision:
 
     traced_sdf: torch.Tensor
     eikonal_gradients: torch.Tensor
+    mesh_points: torch.Tensor
     mesh_pull_points: torch.Tensor
     mesh_pull_targets: torch.Tensor
     sdf_normals: torch.Tensor
     mesh_normals: torch.Tensor
     mesh_sdf: torch.Tensor
-
-
-@dataclass
-class RegulariserSamples:
-    """The detail mode's priors, sampled at random in the training forward; empty when off.
-
-    residual_lowpass: (M,) local mean of the residual over discs of radius residual_lowpass_radius
-        around M coarse-mesh hits (M > 0 only with residual_lowpass_points > 0 in coarse_residual mode).
-    albedo_step: (K, 3) albedo difference between each surface point and a point
-        albedo_smoothness_step away along a random tangent ((0, 3) when that step is 0).
-    """
-
-    residual_lowpass: torch.Tensor
-    albedo_step: torch.Tensor
 
 
 @dataclass
@@ -142,8 +130,9 @@ class ModelOutput:
     network_object_mask: (N,) bool, the ray hits the SDF surface.
     object_mask: (N,) bool, ground-truth silhouette.
     surface_mask: (N,) bool = network_object_mask & object_mask (where colour is rendered).
+    surface_features: (K, F) the SDF's feature vectors at the surface points, detached (the albedo
+        network's other input: the loss side's albedo prior evaluates it elsewhere with them).
     geometry: the geometry losses' inputs (eikonal, mask, mesh pull, normal, residual).
-    regularisers: the detail mode's random prior samples (residual low-pass, albedo step).
     n_sdf_evals: points the ray tracer evaluated (no grad).
     n_sdf_grad_evals: points evaluated with gradients in the training pass.
     n_trace_fallback: rays the mesh-guided tracer handed to the faithful one (0 in IDR mode).
@@ -159,8 +148,8 @@ class ModelOutput:
     network_object_mask: torch.Tensor
     object_mask: torch.Tensor
     surface_mask: torch.Tensor
+    surface_features: torch.Tensor
     geometry: GeometrySupervision
-    regularisers: RegulariserSamples
     n_sdf_evals: int
     n_sdf_grad_evals: int
     n_trace_fallback: int
@@ -184,14 +173,11 @@ class RenderOutput:
 
 @dataclass(frozen=True)
 class TrainingSampling:
-    """The training forward's sampling knobs of the ``model`` conf block (see its comments)."""
+    """The training forward's sampling knobs of the ``model`` conf block (``ModelConfig`` has their docs);
+    the priors' knobs are the loss side's (``pbidr.training.regularisers``)."""
 
     eikonal_uniform_ratio: float
     second_surface_pass: bool
-    residual_lowpass_radius: float
-    residual_lowpass_samples: int
-    residual_lowpass_points: int
-    albedo_smoothness_step: float
 
     @classmethod
     def from_config(cls, conf: ModelConfig) -> "TrainingSampling":
@@ -322,7 +308,7 @@ class PBIDRModel(nn.Module):
         diffuse_in = normals if self.diffuse_normal == "sdf" else mesh_normals
         diffuse = _to_unit_interval(self.diffuse_network(diffuse_in)).expand(-1, 3)
         specular = _to_unit_interval(self.specular_network(normals, -dirs)).expand(-1, 3)
-        albedo = _to_unit_interval(self.albedo_network(points, features))
+        albedo = self.albedo_at(points, features)
         rgb01 = diffuse * albedo + specular
         return _Shading(rgb=2.0 * rgb01 - 1.0, diffuse=diffuse, specular=specular, albedo=albedo, normals=normals)
 
@@ -334,7 +320,7 @@ class PBIDRModel(nn.Module):
     # ------------------------------------------------------------------ training forward
     def forward(self, batch: RayBatch) -> ModelOutput:
         """Training forward (IDR + PBIDR terms): trace, the network points (one SDF pass and the sample
-        network), shade, the mesh pull, the regularisers' samples, then the outputs. Gradients of the
+        network), shade, the mesh pull, then the outputs. Gradients of the
         SDF gradient are kept (create_graph) when the module is in training mode and grad is enabled."""
         if batch.object_mask is None:
             raise ValueError("PBIDRModel.forward needs batch.object_mask (use render_eval for rendering)")
@@ -347,15 +333,14 @@ class PBIDRModel(nn.Module):
         shading = self._shade(net.surface_points, net.surface_feature, net.surface_grad, net.surface_dirs,
                               self._diffuse_input(batch)[net.surface_index])
         pulled, mesh_sdf = self._mesh_pull(net)
-        regularisers = self._sample_regularisers(net, batch.mesh_normals[pull_mask], shading)
         # The outputs' slices and scatters last, in this order: backward runs the graph's nodes by order
         # of creation, which fixes the order it sums the gradients of a tensor used several times;
         # runs stay bit-identical to those of the one-block forward this was split from.
         render = _scattered(batch.n_rays, net.surface_index, shading)
         return ModelOutput(
             **render, points=trace.points, dists=trace.dists, network_object_mask=trace.hit,
-            object_mask=object_mask, surface_mask=surface_mask,
-            geometry=self._geometry_supervision(batch, net, pull_mask, pulled, mesh_sdf), regularisers=regularisers,
+            object_mask=object_mask, surface_mask=surface_mask, surface_features=net.surface_feature.detach(),
+            geometry=self._geometry_supervision(batch, net, pull_mask, pulled, mesh_sdf),
             n_sdf_evals=trace.n_sdf_evals, n_sdf_grad_evals=net.n_grad_evals, n_trace_fallback=trace.n_fallback,
         )
 
@@ -410,6 +395,7 @@ class PBIDRModel(nn.Module):
         return GeometrySupervision(
             traced_sdf=net.sdf[: net.n_traced],
             eikonal_gradients=net.grad[: net.n_traced + net.n_uniform],
+            mesh_points=net.mesh_points,
             mesh_pull_points=mesh_pull_points,
             mesh_pull_targets=net.surface_points[pull_in_surface],
             sdf_normals=net.surface_grad[pull_in_surface],
@@ -417,53 +403,9 @@ class PBIDRModel(nn.Module):
             mesh_sdf=mesh_sdf,
         )
 
-    # ------------------------------------------------------------------ regularisers' samples
-    def _sample_regularisers(self, net: _NetworkPoints, mesh_normals: torch.Tensor, shading: _Shading
-                             ) -> RegulariserSamples:
-        """The detail mode's priors at random points: the residual's local mean around the coarse-mesh
-        hits (``mesh_normals`` (P, 3) their normals), then the albedo's change over a random tangent
-        step at the surface points. Drawn here, right after shading and in this order, from torch's
-        global RNG, so every run draws as it always did; the loss only reads them."""
-        lowpass = self._residual_lowpass(net.mesh_points, mesh_normals)
-        albedo_step = self._albedo_step(net.surface_points.detach(), shading.normals.detach(), shading.albedo,
-                                        net.surface_feature)
-        return RegulariserSamples(residual_lowpass=lowpass, albedo_step=albedo_step)
-
-    def _albedo_step(self, points: torch.Tensor, normals: torch.Tensor, albedo: torch.Tensor,
-                     features: torch.Tensor) -> torch.Tensor:
-        """Albedo (K, 3) minus the albedo a small tangent step away (Retinex prior: penalised in L1,
-        albedo becomes piecewise constant and smooth shading variation is left to the geometry)."""
-        step = self.sampling.albedo_smoothness_step
-        if not step > 0 or points.shape[0] == 0:
-            return albedo.new_zeros(0, 3)
-        direction = F.normalize(torch.randn_like(points), dim=-1)
-        tangent = F.normalize(direction - (direction * normals).sum(-1, keepdim=True) * normals, dim=-1)
-        moved = points + step * tangent
-        return albedo - _to_unit_interval(self.albedo_network(moved, features.detach()))
-
-    def _residual_lowpass(self, points: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
-        """Local mean of the residual around up to ``residual_lowpass_points`` of ``points`` (P, 3) on
-        the coarse mesh (unit ``normals`` (P, 3)): the centre and ``residual_lowpass_samples`` points
-        drawn uniformly in the tangent disc of radius ``residual_lowpass_radius`` (projected back
-        onto the mesh by the residual SDF). Penalising it keeps mm-scale drift out of the residual
-        while leaving detail whose local mean is ~0 (wrinkles, bumps) free."""
-        s = self.sampling
-        if not (self.parameterisation == "coarse_residual" and s.residual_lowpass_points > 0
-                and s.residual_lowpass_samples > 0) or len(points) == 0:
-            return points.new_zeros(0)
-        m = min(s.residual_lowpass_points, points.shape[0])
-        pick = torch.randperm(points.shape[0], device=points.device)[:m]
-        p, n = points[pick], normals[pick]
-        helper = torch.where(n[:, :1].abs() < 0.9, torch.tensor([1.0, 0.0, 0.0], device=p.device, dtype=p.dtype),
-                             torch.tensor([0.0, 1.0, 0.0], device=p.device, dtype=p.dtype))
-        t1 = F.normalize(torch.cross(n, helper, dim=-1), dim=-1)
-        t2 = torch.cross(n, t1, dim=-1)
-        k = s.residual_lowpass_samples
-        radius = s.residual_lowpass_radius * torch.sqrt(torch.rand(m, k, 1, device=p.device, dtype=p.dtype))
-        angle = 2.0 * torch.pi * torch.rand(m, k, 1, device=p.device, dtype=p.dtype)
-        offsets = radius * (torch.cos(angle) * t1[:, None] + torch.sin(angle) * t2[:, None])
-        disc = torch.cat([p[:, None], p[:, None] + offsets], dim=1).reshape(-1, 3)
-        return self.sdf_network.residual_at(disc).reshape(m, k + 1).mean(dim=1)
+    def albedo_at(self, points: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The albedo (K, 3) in [0, 1] at ``points`` (K, 3) with SDF ``features`` (K, F)."""
+        return _to_unit_interval(self.albedo_network(points, features))
 
     # ------------------------------------------------------------------ evaluation render
     @torch.no_grad()

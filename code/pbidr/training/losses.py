@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from pbidr.detail.fit import TexelConfig
 from pbidr.model.pbidr_model import ModelOutput
+from pbidr.training.regularisers import RegulariserSamples, no_regularisers
 from pbidr.utils.config import Config, block, setting
 
 _MESH_PULL_NORMS = ("l2sq", "l2", "l1")
@@ -166,10 +167,14 @@ class PBIDRLoss(nn.Module):
     def alpha_for(self, epoch: int) -> float:
         return alpha_at(epoch, self.alpha_init, self.alpha_factor, self.alpha_milestones)
 
-    def forward(self, out: ModelOutput, rgb_gt: torch.Tensor, alpha: Optional[float] = None) -> LossTerms:
-        """rgb_gt: (N, 3) ground-truth colours in [-1, 1] for the batch's rays."""
+    def forward(self, out: ModelOutput, rgb_gt: torch.Tensor, alpha: Optional[float] = None,
+                regularisers: Optional[RegulariserSamples] = None) -> LossTerms:
+        """rgb_gt: (N, 3) ground-truth colours in [-1, 1] for the batch's rays; ``regularisers``: the
+        priors' samples (``pbidr.training.regularisers.RegulariserSampler``; None: none drawn, the
+        prior terms are 0)."""
         alpha = self.alpha if alpha is None else float(alpha)
-        geo, reg = out.geometry, out.regularisers
+        geo = out.geometry
+        reg = no_regularisers(out.rgb) if regularisers is None else regularisers
         rgb = rgb_loss(out.rgb, rgb_gt, out.surface_mask)
         eik = eikonal_loss(geo.eikonal_gradients)
         mask = mask_loss(geo.traced_sdf, out.surface_mask, out.object_mask, alpha)

@@ -46,6 +46,7 @@ from pbidr.training.checkpoints import (CHECKPOINT_DIR, checkpoint_path, checksu
                                         latest_good_checkpoint, write_checkpoint)
 from pbidr.training.conf import TrainConfig, conf_to_text, load_conf, parse_conf
 from pbidr.training.losses import LossTerms, PBIDRLoss
+from pbidr.training.regularisers import RegulariserSampler
 from pbidr.utils.atomic import write_json, write_text
 from pbidr.utils.images import contact_sheet, write_png
 from pbidr.utils.lock import PidLock, lock_owner
@@ -304,6 +305,7 @@ class Trainer:
         self.model.attach_coarse_mesh(coarse.vertices, coarse.faces, coarse.vertex_normals, uv=self.data.mesh.uv,
                                       face_uv=self.data.mesh.face_uv, scale=float(self.data.scale_mat[0, 0]))
         self.loss_fn = PBIDRLoss(self.conf.loss)
+        self.regulariser_sampler = RegulariserSampler(self.model)
 
     def _build_optimiser(self) -> None:
         """The texel solver's optimiser and schedule, or Adam over the networks (:func:`make_optimizer`)."""
@@ -421,7 +423,7 @@ class Trainer:
         # What this iteration evaluated: the benchmark turns these into FLOPs (pbidr.flops).
         self.last_counts = {"n_sdf_evals": int(out.n_sdf_evals), "n_sdf_grad_evals": int(out.n_sdf_grad_evals),
                             "n_surface": int(out.surface_mask.sum()), "n_trace_fallback": int(out.n_trace_fallback)}
-        terms = self.loss_fn(out, rgb_gt, alpha=self.alpha())
+        terms = self.loss_fn(out, rgb_gt, alpha=self.alpha(), regularisers=self.regulariser_sampler(out))
         if not torch.isfinite(terms.total):
             raise FloatingPointError(terms)
         self.optimizer.zero_grad(set_to_none=True)
