@@ -149,23 +149,10 @@ class PBIDRLoss(nn.Module):
         if not isinstance(conf, LossConfig):
             raise TypeError(f"PBIDRLoss takes a LossConfig (pbidr.training.conf.loss_config), not {type(conf).__name__}")
         self.conf = conf
-        self.rgb_weight = conf.rgb_weight
-        self.eikonal_weight = conf.eikonal_weight
-        self.mask_weight = conf.mask_weight
-        self.mesh_pull_weight = conf.mesh_pull_weight
-        self.mesh_pull_norm = conf.mesh_pull_norm
-        self.mesh_pull_detach_target = conf.mesh_pull_detach_target
-        self.normal_weight = conf.normal_weight
-        self.residual_weight = conf.residual_weight
-        self.residual_lowpass_weight = conf.residual_lowpass_weight
-        self.albedo_smoothness_weight = conf.albedo_smoothness_weight
-        self.alpha_init = conf.alpha
-        self.alpha_factor = conf.alpha_factor
-        self.alpha_milestones = list(conf.alpha_milestones)
-        self.alpha = self.alpha_init
+        self.alpha = conf.alpha
 
     def alpha_for(self, epoch: int) -> float:
-        return alpha_at(epoch, self.alpha_init, self.alpha_factor, self.alpha_milestones)
+        return alpha_at(epoch, self.conf.alpha, self.conf.alpha_factor, self.conf.alpha_milestones)
 
     def forward(self, out: ModelOutput, rgb_gt: torch.Tensor, alpha: Optional[float] = None,
                 regularisers: Optional[RegulariserSamples] = None) -> LossTerms:
@@ -173,27 +160,27 @@ class PBIDRLoss(nn.Module):
         priors' samples (``pbidr.training.regularisers.RegulariserSampler``; None: none drawn, the
         prior terms are 0)."""
         alpha = self.alpha if alpha is None else float(alpha)
-        geo = out.geometry
+        c, geo = self.conf, out.geometry
         reg = no_regularisers(out.rgb) if regularisers is None else regularisers
         rgb = rgb_loss(out.rgb, rgb_gt, out.surface_mask)
         eik = eikonal_loss(geo.eikonal_gradients)
         mask = mask_loss(geo.traced_sdf, out.surface_mask, out.object_mask, alpha)
-        targets = geo.mesh_pull_targets.detach() if self.mesh_pull_detach_target else geo.mesh_pull_targets
-        pull = mesh_pull_loss(geo.mesh_pull_points, targets, self.mesh_pull_norm)
+        targets = geo.mesh_pull_targets.detach() if c.mesh_pull_detach_target else geo.mesh_pull_targets
+        pull = mesh_pull_loss(geo.mesh_pull_points, targets, c.mesh_pull_norm)
         normal = normal_loss(geo.sdf_normals, geo.mesh_normals)
         residual = _mean_square(geo.mesh_sdf, rgb)
         lowpass = _mean_square(reg.residual_lowpass, rgb)
         step = reg.albedo_step
         albedo_smooth = step.abs().sum(-1).mean() if step.numel() else rgb.new_zeros(())
         total = (
-            self.rgb_weight * rgb
-            + self.eikonal_weight * eik
-            + self.mask_weight * mask
-            + self.mesh_pull_weight * pull
-            + self.normal_weight * normal
-            + self.residual_weight * residual
-            + self.residual_lowpass_weight * lowpass
-            + self.albedo_smoothness_weight * albedo_smooth
+            c.rgb_weight * rgb
+            + c.eikonal_weight * eik
+            + c.mask_weight * mask
+            + c.mesh_pull_weight * pull
+            + c.normal_weight * normal
+            + c.residual_weight * residual
+            + c.residual_lowpass_weight * lowpass
+            + c.albedo_smoothness_weight * albedo_smooth
         )
         return LossTerms(total=total, rgb=rgb, eikonal=eik, mask=mask, mesh_pull=pull, normal=normal,
                          residual=residual, residual_lowpass=lowpass, albedo_smoothness=albedo_smooth)
