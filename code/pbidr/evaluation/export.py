@@ -51,8 +51,11 @@ from typing import Any
 import numpy as np
 
 from pbidr.errors import PbidrError
+from pbidr.evaluation.uv_maps import dilate_uv_map, locate_uv, rasterize_uv, sample_uv_map, texel_uv
 from pbidr.io.mesh import TexturedMesh
+from pbidr.io.obj import write_ply
 from pbidr.utils.atomic import atomic_path
+from pbidr.utils.images import write_png
 
 DISPLACEMENT_MID_LEVEL = 0.5
 DISPLACEMENT_STRENGTH_MM = 8.0  # the PNG spans +-4 mm: facial detail (wrinkles, folds) stays well inside
@@ -152,7 +155,6 @@ def tangent_frame_at(mesh: TexturedMesh, uv: np.ndarray, tangents: np.ndarray | 
     """The shading frame of ``mesh`` at UV points (N, 2), from its vertex normals and per-corner
     ``tangents`` (F, 3, 4; default :func:`mikktspace_tangents`); ``snap`` as in ``locate_uv``, whose
     result for these points ``hits`` may already be."""
-    from pbidr.evaluation.uv_maps import locate_uv
 
     if tangents is None:
         tangents = mikktspace_tangents(mesh)
@@ -193,7 +195,6 @@ def tangent_normal_map(coarse: TexturedMesh, detailed: TexturedMesh, size: tuple
     at the same UV, which is where a bake's ray along the coarse normal lands. Outside the chart
     (and beyond ``dilate`` pixels of it) the map is flat (0, 0, 1). ``*_hits``: each mesh's
     ``locate_uv`` of the texel centres, when the caller has them."""
-    from pbidr.evaluation.uv_maps import dilate_uv_map, rasterize_uv, texel_uv
 
     h, w = int(size[0]), int(size[1])
     frame = tangent_frame_at(coarse, texel_uv((h, w)), tangents, hits=coarse_hits)
@@ -451,8 +452,6 @@ def glb_accessor(doc: dict, binary: bytes, index: int) -> np.ndarray:
 def write_textured_ply(path: str | Path, mesh: TexturedMesh, texture_name: str) -> dict[str, Any]:
     """Binary PLY of ``mesh`` split at UV seams: per-vertex ``s``/``t`` (OBJ convention) and colours
     read bilinearly from its texture, and a ``TextureFile`` comment naming ``texture_name``."""
-    from pbidr.evaluation.uv_maps import sample_uv_map
-    from pbidr.io.obj import write_ply
 
     vid, tid, faces = split_at_seams(mesh)
     uv = np.asarray(mesh.uv, dtype=np.float64)[tid]
@@ -526,45 +525,41 @@ def gltf_rotation(front=(0.0, 0.0, 1.0), up=(0.0, 1.0, 0.0)) -> np.ndarray:
     return np.stack([np.cross(u, f), u, f])
 
 
-def export_artist_outputs(out_dir: str | Path, coarse: TexturedMesh, detailed: TexturedMesh,
-                          displacement: np.ndarray, units_to_mm: float = 1.0, size: tuple[int, int] | None = None,
-                          displacement_mesh: TexturedMesh | None = None, texture_name: str = "texture.png",
-                          front=(0.0, 0.0, 1.0), up=(0.0, 1.0, 0.0)) -> dict[str, Any]:
-    """Write :data:`FILES` into ``out_dir`` (an eval's staging folder) and return their metadata.
+@dataclass
+class _TexelHits:
+    """Every texel's triangle on each mesh, found by one ray cast per mesh and shared by its maps."""
 
-    ``coarse``: the mesh the maps are for (world frame, with UVs); its UV layout is the maps'
-    layout and its MikkTSpace tangents the normal map's frame. ``detailed``: the dense detailed
-    mesh, UVs in the coarse chart, with the base-colour texture (``texture_name`` is that texture's
-    file in ``out_dir``, written by the OBJ writer). ``displacement`` (V,): signed displacement in
-    world units of each vertex of ``displacement_mesh`` (default ``coarse``; a subdivision of it
-    sharing its chart gives a finer map) along that mesh's vertex normals. ``units_to_mm``: mm per
-    world unit. ``size``: (H, W) of the maps, default the coarse texture's size (else 1024 x 1024).
-    ``front``/``up``: the face's directions in the world frame; the GLB turns them to +Z and +Y.
-    """
-    from pbidr.evaluation.uv_maps import locate_uv, rasterize_uv, texel_uv
-    from pbidr.utils.images import write_png
+    detailed: Any
+    displacement: Any
+    coarse: Any
 
-    out_dir = Path(out_dir)
-    displacement_mesh = coarse if displacement_mesh is None else displacement_mesh
+
+def _check_export_inputs(coarse: TexturedMesh, detailed: TexturedMesh, displacement_mesh: TexturedMesh,
+                         units_to_mm: float) -> None:
     for mesh, role in ((coarse, "coarse"), (detailed, "detailed"), (displacement_mesh, "displacement")):
         if mesh.uv is None or mesh.face_uv is None:
             raise PbidrError(f"artists' outputs: the {role} mesh has no texture coordinates")
     if not (units_to_mm > 0 and np.isfinite(units_to_mm)):
         raise PbidrError(f"artists' outputs: units_to_mm {units_to_mm} must be positive")
-    if size is None:
-        size = tuple(coarse.texture.shape[:2]) if coarse.texture is not None else (1024, 1024)
-    h, w = int(size[0]), int(size[1])
-    notes: list[str] = []
 
-    # Displacement in mm: EXR (float, mid-level 0) and 16-bit PNG (mid-level 0.5, fixed strength).
-    # One ray cast per mesh finds every texel's triangle; the maps of that mesh share it.
-    texels = texel_uv((h, w))
+
+def _locate_texels(coarse: TexturedMesh, detailed: TexturedMesh, displacement_mesh: TexturedMesh,
+                   size: tuple[int, int]) -> _TexelHits:
+    texels = texel_uv(size)
     detailed_hits = locate_uv(detailed, texels)
     disp_hits = detailed_hits if displacement_mesh is detailed else locate_uv(displacement_mesh, texels)
     coarse_hits = disp_hits if displacement_mesh is coarse else locate_uv(coarse, texels)
+    return _TexelHits(detailed=detailed_hits, displacement=disp_hits, coarse=coarse_hits)
 
-    d_map, d_cov = rasterize_uv(displacement_mesh, np.asarray(displacement, dtype=np.float64) * units_to_mm, (h, w),
-                                hits=disp_hits)
+
+def _write_displacement_maps(out_dir: Path, displacement_mesh: TexturedMesh, displacement: np.ndarray,
+                             units_to_mm: float, size: tuple[int, int], hits: _TexelHits,
+                             notes: list[str]) -> dict[str, Any]:
+    """Displacement in mm: EXR (float, mid-level 0) and 16-bit PNG (mid-level 0.5, fixed strength); their
+    metadata (``displacement_exr``, ``displacement_uv``)."""
+    h, w = size
+    d_map, d_cov = rasterize_uv(displacement_mesh, np.asarray(displacement, dtype=np.float64) * units_to_mm, size,
+                                hits=hits.displacement)
     d_mm = d_map[..., 0]
     write_exr(out_dir / "displacement.exr", d_mm)
     q, clipped = encode_displacement_png(d_mm)
@@ -575,19 +570,47 @@ def export_artist_outputs(out_dir: str | Path, coarse: TexturedMesh, detailed: T
                      f"+-{DISPLACEMENT_STRENGTH_MM / 2:g} mm and are clipped there (displacement.exr is not)")
     strength = DISPLACEMENT_STRENGTH_MM / units_to_mm
     lo_world = -DISPLACEMENT_MID_LEVEL * strength
+    return {
+        "displacement_exr": {"units": "mm", "mid_level": 0.0, "channel": "Y", "dtype": "float32",
+                             "source": "per-vertex displacement, linear over the UV triangles"},
+        # lo/hi/scale/offset decode in world units, as the earlier min-max map did (readers of metrics.json).
+        "displacement_uv": {"mid_level": DISPLACEMENT_MID_LEVEL, "strength_mm": DISPLACEMENT_STRENGTH_MM,
+                            "decode": f"d_mm = (png / 65535 - {DISPLACEMENT_MID_LEVEL}) * {DISPLACEMENT_STRENGTH_MM:g}",
+                            "lo": lo_world, "hi": lo_world + strength, "scale": strength / 65535.0,
+                            "offset": lo_world, "units": "world (mesh units) for lo/hi/scale/offset",
+                            "size": [h, w], "coverage": float(d_cov.mean()), "clipped_fraction": clipped_fraction,
+                            "range_mm": [float(d_mm[d_cov].min()), float(d_mm[d_cov].max())] if d_cov.any() else None,
+                            "blender_displace": {"texture_coords": "UV", "direction": "NORMAL",
+                                                 "mid_level": DISPLACEMENT_MID_LEVEL, "strength": strength,
+                                                 "image_colorspace": "Non-Color", "extension": "EXTEND",
+                                                 "use_interpolation": True, "on": "the coarse mesh (mesh.obj)"}},
+    }
 
-    # Normal maps: tangent space (for the coarse mesh) and object space (the detailed normals).
-    tangents = mikktspace_tangents(coarse)
-    tmap, t_cov = tangent_normal_map(coarse, detailed, (h, w), tangents, coarse_hits=coarse_hits,
-                                     detailed_hits=detailed_hits)
+
+def _write_normal_maps(out_dir: Path, coarse: TexturedMesh, detailed: TexturedMesh, size: tuple[int, int],
+                       tangents: np.ndarray, hits: _TexelHits) -> tuple[np.ndarray, dict[str, Any]]:
+    """Normal maps: tangent space (for the coarse mesh) and object space (the detailed normals). Returns the
+    tangent-space map's RGB (the GLB embeds it) and the maps' metadata."""
+    tmap, t_cov = tangent_normal_map(coarse, detailed, size, tangents, coarse_hits=hits.coarse,
+                                     detailed_hits=hits.detailed)
     normal_rgb = encode_normal_rgb(tmap)  # outside the chart tmap is (0, 0, 1): FLAT_TANGENT_RGB
     write_png(out_dir / "normal_tangent_uv.png", normal_rgb)
-    omap, _ = rasterize_uv(detailed, detailed.vertex_normals(), (h, w), hits=detailed_hits)
+    omap, _ = rasterize_uv(detailed, detailed.vertex_normals(), size, hits=hits.detailed)
     norm = np.linalg.norm(omap, axis=2, keepdims=True)
     write_png(out_dir / "normal_object_uv.png",
               encode_normal_rgb(omap / np.maximum(norm, 1e-12), norm[..., 0] < 1e-6))
+    return normal_rgb, {
+        "normal_tangent_uv": {"encoding": "rgb = (c + 1) / 2 * 255, c in the coarse mesh's MikkTSpace frame "
+                                          "(x tangent, y sign * cross(n, t), z normal; +Y green)",
+                              "for": "the coarse mesh", "coverage": float(t_cov.mean())},
+        "normal_object_uv": {"encoding": "rgb = (n + 1) / 2 * 255, world-frame normals of the detailed mesh; "
+                                         "black = no UV"},
+    }
 
-    # GLB: dense positions in metres; NORMAL/TANGENT the coarse frame the map was baked in.
+
+def _write_detailed_glb(out_dir: Path, coarse: TexturedMesh, detailed: TexturedMesh, tangents: np.ndarray,
+                        normal_rgb: np.ndarray, units_to_mm: float, front, up, notes: list[str]) -> dict[str, Any]:
+    """GLB: dense positions in metres; NORMAL/TANGENT the coarse frame the normal map was baked in."""
     frame_corner = tangent_frame_at(coarse, np.asarray(detailed.uv, dtype=np.float64)[detailed.face_uv].reshape(-1, 2),
                                     tangents, snap=UV_SNAP)
     sign_key = (frame_corner.sign > 0).astype(np.int64).reshape(-1, 3)
@@ -613,34 +636,41 @@ def export_artist_outputs(out_dir: str | Path, coarse: TexturedMesh, detailed: T
     write_glb(out_dir / "detailed.glb", doc, binary)
     if detailed.texture is None:
         notes.append("detailed.glb has no base-colour texture: the detailed mesh has none")
+    return {"units": "metres", "scale_from_world": to_metres,
+            "rotation_from_world": rot.tolist(), "frame": "+Y the face's up, +Z its front (glTF)",
+            "vertices": int(len(vid)), "faces": int(len(gfaces)),
+            "normal_texture": "normal_tangent_uv.png", "base_color_texture": base_png is not None,
+            "normal_and_tangent": "the coarse surface's frame at each vertex (the map's frame)"}
 
+
+def export_artist_outputs(out_dir: str | Path, coarse: TexturedMesh, detailed: TexturedMesh,
+                          displacement: np.ndarray, units_to_mm: float = 1.0, size: tuple[int, int] | None = None,
+                          displacement_mesh: TexturedMesh | None = None, texture_name: str = "texture.png",
+                          front=(0.0, 0.0, 1.0), up=(0.0, 1.0, 0.0)) -> dict[str, Any]:
+    """Write :data:`FILES` into ``out_dir`` (an eval's staging folder) and return their metadata.
+
+    ``coarse``: the mesh the maps are for (world frame, with UVs); its UV layout is the maps'
+    layout and its MikkTSpace tangents the normal map's frame. ``detailed``: the dense detailed
+    mesh, UVs in the coarse chart, with the base-colour texture (``texture_name`` is that texture's
+    file in ``out_dir``, written by the OBJ writer). ``displacement`` (V,): signed displacement in
+    world units of each vertex of ``displacement_mesh`` (default ``coarse``; a subdivision of it
+    sharing its chart gives a finer map) along that mesh's vertex normals. ``units_to_mm``: mm per
+    world unit. ``size``: (H, W) of the maps, default the coarse texture's size (else 1024 x 1024).
+    ``front``/``up``: the face's directions in the world frame; the GLB turns them to +Z and +Y.
+    """
+    out_dir = Path(out_dir)
+    displacement_mesh = coarse if displacement_mesh is None else displacement_mesh
+    _check_export_inputs(coarse, detailed, displacement_mesh, units_to_mm)
+    if size is None:
+        size = tuple(coarse.texture.shape[:2]) if coarse.texture is not None else (1024, 1024)
+    h, w = int(size[0]), int(size[1])
+    notes: list[str] = []
+    hits = _locate_texels(coarse, detailed, displacement_mesh, (h, w))
+    displacement_meta = _write_displacement_maps(out_dir, displacement_mesh, displacement, units_to_mm, (h, w), hits,
+                                                 notes)
+    tangents = mikktspace_tangents(coarse)
+    normal_rgb, normal_meta = _write_normal_maps(out_dir, coarse, detailed, (h, w), tangents, hits)
+    glb_meta = _write_detailed_glb(out_dir, coarse, detailed, tangents, normal_rgb, units_to_mm, front, up, notes)
     ply = write_textured_ply(out_dir / "detailed.ply", detailed, texture_name)
-
-    return {
-        "files": list(FILES), "units_to_mm": float(units_to_mm), "size": [h, w],
-        "displacement_exr": {"units": "mm", "mid_level": 0.0, "channel": "Y", "dtype": "float32",
-                             "source": "per-vertex displacement, linear over the UV triangles"},
-        # lo/hi/scale/offset decode in world units, as the earlier min-max map did (readers of metrics.json).
-        "displacement_uv": {"mid_level": DISPLACEMENT_MID_LEVEL, "strength_mm": DISPLACEMENT_STRENGTH_MM,
-                            "decode": f"d_mm = (png / 65535 - {DISPLACEMENT_MID_LEVEL}) * {DISPLACEMENT_STRENGTH_MM:g}",
-                            "lo": lo_world, "hi": lo_world + strength, "scale": strength / 65535.0,
-                            "offset": lo_world, "units": "world (mesh units) for lo/hi/scale/offset",
-                            "size": [h, w], "coverage": float(d_cov.mean()), "clipped_fraction": clipped_fraction,
-                            "range_mm": [float(d_mm[d_cov].min()), float(d_mm[d_cov].max())] if d_cov.any() else None,
-                            "blender_displace": {"texture_coords": "UV", "direction": "NORMAL",
-                                                 "mid_level": DISPLACEMENT_MID_LEVEL, "strength": strength,
-                                                 "image_colorspace": "Non-Color", "extension": "EXTEND",
-                                                 "use_interpolation": True, "on": "the coarse mesh (mesh.obj)"}},
-        "normal_tangent_uv": {"encoding": "rgb = (c + 1) / 2 * 255, c in the coarse mesh's MikkTSpace frame "
-                                          "(x tangent, y sign * cross(n, t), z normal; +Y green)",
-                              "for": "the coarse mesh", "coverage": float(t_cov.mean())},
-        "normal_object_uv": {"encoding": "rgb = (n + 1) / 2 * 255, world-frame normals of the detailed mesh; "
-                                         "black = no UV"},
-        "detailed_glb": {"units": "metres", "scale_from_world": to_metres,
-                         "rotation_from_world": rot.tolist(), "frame": "+Y the face's up, +Z its front (glTF)",
-                         "vertices": int(len(vid)), "faces": int(len(gfaces)),
-                         "normal_texture": "normal_tangent_uv.png", "base_color_texture": base_png is not None,
-                         "normal_and_tangent": "the coarse surface's frame at each vertex (the map's frame)"},
-        "detailed_ply": ply,
-        "notes": notes,
-    }
+    return {"files": list(FILES), "units_to_mm": float(units_to_mm), "size": [h, w], **displacement_meta,
+            **normal_meta, "detailed_glb": glb_meta, "detailed_ply": ply, "notes": notes}
