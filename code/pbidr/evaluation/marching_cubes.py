@@ -131,6 +131,59 @@ def _pick_device(sdf: SdfFn, device) -> torch.device:
     return torch.device("cpu")
 
 
+def _guide_tree(guide_points: np.ndarray | None, band: float | None) -> cKDTree | None:
+    """The guide points' k-d tree (None without a guide), after checking the guide and its band."""
+    if (guide_points is None) != (band is None):
+        raise PbidrError("marching cubes: guide_points and band go together (give both or neither)")
+    if guide_points is None:
+        return None
+    guide_points = np.asarray(guide_points, dtype=np.float64).reshape(-1, 3)
+    if len(guide_points) == 0:
+        raise PbidrError("marching cubes: guide_points is empty")
+    if not band > 0:
+        raise PbidrError(f"marching cubes: band {band} must be positive")
+    return cKDTree(guide_points)
+
+
+def _nodes_to_evaluate(grid: _Grid, corners: np.ndarray, ext: np.ndarray, tree: cKDTree | None,
+                       band: float | None, dense: bool) -> np.ndarray:
+    """Sorted linear ids of the nodes whose SDF marching cubes needs: every node (``dense``), or those of
+    the blocks pruning kept, within the band of a guide point when there is a guide."""
+    if dense:
+        return np.arange(int(np.prod(grid.nodes)), dtype=np.int64)
+    nodes = _block_nodes(grid, corners, ext)  # sorted unique linear ids
+    if tree is None or not len(nodes):
+        return nodes
+    node_band = _node_band(band, grid)
+    near = np.zeros(len(nodes), dtype=bool)
+    for s in range(0, len(nodes), 1 << 22):
+        pts = grid.position(grid.unlinear(nodes[s : s + (1 << 22)]))
+        near[s : s + len(pts)] = tree.query(pts, distance_upper_bound=node_band, workers=-1)[0] <= node_band
+    return nodes[near]
+
+
+def _drop_off_surface(grid: _Grid, vertices: np.ndarray, faces: np.ndarray, evaluate: _Evaluator,
+                      tolerance: float, near: np.ndarray | None, radius: float | None
+                      ) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """The mesh without the triangles that have a vertex where |sdf| > ``tolerance`` cells (checked at the
+    vertices within ``radius`` of ``near``, or at all of them), the number of triangles dropped and of
+    vertices checked."""
+    positions = grid.position(vertices)
+    checked = np.ones(len(vertices), dtype=bool)
+    if near is not None:
+        near = np.asarray(near, dtype=np.float64).reshape(-1, 3)
+        if not (radius is not None and radius > 0):
+            raise PbidrError("marching cubes: off_surface_near needs a positive off_surface_radius")
+        checked = (cKDTree(near).query(positions, distance_upper_bound=radius, workers=-1)[0]
+                   <= radius) if len(near) else np.zeros(len(vertices), dtype=bool)
+    at_vertices = np.zeros(len(vertices), dtype=np.float32)
+    at_vertices[checked] = evaluate.points(positions[checked]) if checked.any() else 0.0
+    bad = np.abs(at_vertices) > tolerance * grid.voxel
+    drop = bad[faces].any(axis=1)
+    vertices, faces = _compact(vertices, faces[~drop])
+    return vertices, faces, int(drop.sum()), int(checked.sum())
+
+
 def extract_level_set(
     sdf: SdfFn,
     resolution: int = 512,
@@ -167,16 +220,7 @@ def extract_level_set(
     """
     t0 = time.perf_counter()
     grid = make_grid(resolution, bounds)
-    if (guide_points is None) != (band is None):
-        raise PbidrError("marching cubes: guide_points and band go together (give both or neither)")
-    tree = None
-    if guide_points is not None:
-        guide_points = np.asarray(guide_points, dtype=np.float64).reshape(-1, 3)
-        if len(guide_points) == 0:
-            raise PbidrError("marching cubes: guide_points is empty")
-        if not band > 0:
-            raise PbidrError(f"marching cubes: band {band} must be positive")
-        tree = cKDTree(guide_points)
+    tree = _guide_tree(guide_points, band)
     if lipschitz is not None and not lipschitz > 0:
         raise PbidrError(f"marching cubes: lipschitz {lipschitz} must be positive (or None)")
     block, min_block = max(1, int(block)), max(1, int(min_block))
@@ -184,17 +228,7 @@ def extract_level_set(
 
     corners, ext = _prune_blocks(grid, tree, band, lipschitz, evaluate, block, min_block)
     t_prune = time.perf_counter()
-    if tree is None and lipschitz is None:
-        nodes = np.arange(int(np.prod(grid.nodes)), dtype=np.int64)  # dense: every node
-    else:
-        nodes = _block_nodes(grid, corners, ext)  # sorted unique linear ids
-    if tree is not None and len(nodes):
-        node_band = _node_band(band, grid)
-        near = np.zeros(len(nodes), dtype=bool)
-        for s in range(0, len(nodes), 1 << 22):
-            pts = grid.position(grid.unlinear(nodes[s : s + (1 << 22)]))
-            near[s : s + len(pts)] = tree.query(pts, distance_upper_bound=node_band, workers=-1)[0] <= node_band
-        nodes = nodes[near]
+    nodes = _nodes_to_evaluate(grid, corners, ext, tree, band, dense=tree is None and lipschitz is None)
     t_nodes = time.perf_counter()
     values = evaluate.nodes(grid, nodes, desc="marching cubes: sdf")
     t_sdf = time.perf_counter()
@@ -203,21 +237,8 @@ def extract_level_set(
     vertices, faces = _mesh_blocks(grid, nodes, values, coarse, block)
     n_off_surface = n_checked = 0
     if off_surface_tolerance is not None and len(faces):
-        positions = grid.position(vertices)
-        checked = np.ones(len(vertices), dtype=bool)
-        if off_surface_near is not None:
-            near = np.asarray(off_surface_near, dtype=np.float64).reshape(-1, 3)
-            if not (off_surface_radius is not None and off_surface_radius > 0):
-                raise PbidrError("marching cubes: off_surface_near needs a positive off_surface_radius")
-            checked = (cKDTree(near).query(positions, distance_upper_bound=off_surface_radius, workers=-1)[0]
-                       <= off_surface_radius) if len(near) else np.zeros(len(vertices), dtype=bool)
-        at_vertices = np.zeros(len(vertices), dtype=np.float32)
-        at_vertices[checked] = evaluate.points(positions[checked]) if checked.any() else 0.0
-        bad = np.abs(at_vertices) > off_surface_tolerance * grid.voxel
-        n_checked = int(checked.sum())
-        drop = bad[faces].any(axis=1)
-        n_off_surface = int(drop.sum())
-        vertices, faces = _compact(vertices, faces[~drop])
+        vertices, faces, n_off_surface, n_checked = _drop_off_surface(
+            grid, vertices, faces, evaluate, off_surface_tolerance, off_surface_near, off_surface_radius)
     if len(faces) == 0:
         raise PbidrError(
             f"marching cubes: no zero level set found at resolution {resolution} "
@@ -225,22 +246,20 @@ def extract_level_set(
             f"{values.min() if len(values) else float('nan'):.3g} .. {values.max() if len(values) else float('nan'):.3g})"
         )
     stats = {
-        "n_sdf_evals": int(evaluate.count),
-        "dense_evals": int(np.prod(grid.nodes)),
-        "seconds": time.perf_counter() - t0,
-        "seconds_prune": t_prune - t0,
-        "seconds_nodes": t_nodes - t_prune,
-        "seconds_sdf": t_sdf - t_nodes,
-        "seconds_mesh": time.perf_counter() - t_sdf,
-        "grid_shape": [int(x) for x in grid.nodes],
-        "voxel_size": grid.voxel,
-        "origin": grid.origin.tolist(),
-        "n_blocks": int(len(coarse)),
-        "n_nodes": int(len(nodes)),
-        "n_faces_off_surface_dropped": n_off_surface,
-        "n_vertices_off_surface_checked": n_checked,
+        "n_sdf_evals": int(evaluate.count), "dense_evals": int(np.prod(grid.nodes)),
+        **_stage_seconds(t0, t_prune, t_nodes, t_sdf),
+        "grid_shape": [int(x) for x in grid.nodes], "voxel_size": grid.voxel, "origin": grid.origin.tolist(),
+        "n_blocks": int(len(coarse)), "n_nodes": int(len(nodes)),
+        "n_faces_off_surface_dropped": n_off_surface, "n_vertices_off_surface_checked": n_checked,
     }
     return LevelSet(vertices=grid.position(vertices), faces=faces, stats=stats)
+
+
+def _stage_seconds(t0: float, t_prune: float, t_nodes: float, t_sdf: float) -> dict[str, float]:
+    """The stats' timings: in all, then block pruning, node selection, SDF queries and meshing (to now)."""
+    now = time.perf_counter()
+    return {"seconds": now - t0, "seconds_prune": t_prune - t0, "seconds_nodes": t_nodes - t_prune,
+            "seconds_sdf": t_sdf - t_nodes, "seconds_mesh": now - t_sdf}
 
 
 def _compact(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
