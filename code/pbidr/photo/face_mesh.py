@@ -326,6 +326,72 @@ def _check_output(output: Path, image_path: Path, overwrite: bool) -> None:
     check_output(output, "photo", overwrite)
 
 
+def _check_photo_args(subdivide: int, interocular_mm: float) -> None:
+    if subdivide < 0:
+        raise PbidrError(f"--subdivide {subdivide}: expected 0 or more Loop steps")
+    if BASE_TRIANGLES * 4**subdivide > MAX_FACES:
+        raise PbidrError(f"--subdivide {subdivide}: would make {BASE_TRIANGLES * 4**subdivide:,} triangles "
+                         f"(at most {MAX_FACES:,}); 3 gives 57,472")
+    if not interocular_mm > 0:
+        raise PbidrError(f"--interocular {interocular_mm}: expected a positive distance in mm")
+
+
+def _landmark_notes(image: np.ndarray, image_path: Path, landmarks: FaceLandmarks) -> list[str]:
+    """Warnings about the detected face: several faces, a small face, a face past the photo's edge."""
+    notes = []
+    if landmarks.n_found > 1:
+        notes.append(f"{landmarks.n_found} faces found in {image_path}; using the largest")
+    eye_px = float(np.linalg.norm(landmarks.points[landmarks.left_eye, :2].mean(0)
+                                  - landmarks.points[landmarks.right_eye, :2].mean(0)))
+    if eye_px < SMALL_FACE_PX:
+        notes.append(f"the face is small in {image_path} (eyes {eye_px:.0f} px apart); its texture will be blurry")
+    h, w = image.shape[:2]
+    xy = landmarks.points[:, :2]
+    if (xy < 0).any() or (xy[:, 0] > w).any() or (xy[:, 1] > h).any():
+        notes.append(f"the face runs past the edge of {image_path}; the mesh there takes the edge's colours")
+    return notes
+
+
+def _photo_info(image_path: Path, image: np.ndarray, landmarks: FaceLandmarks, photo_mesh: PhotoMesh, subdivide: int,
+                interocular_mm: float, notes: list[str]) -> dict:
+    """photo.json's content (without the timings)."""
+    mesh = photo_mesh.mesh
+    extent = mesh.vertices.max(0) - mesh.vertices.min(0)
+    return {
+        "pbidr_version": __version__,
+        "generator": "pbidr photo (MediaPipe face mesh)",
+        "photo": str(image_path.resolve()),
+        "photo_size": list(image.shape[:2]),
+        "faces_found": landmarks.n_found,
+        "landmarks": N_LANDMARKS,
+        "base_triangles": int(len(photo_mesh.base_faces)),
+        "closing_triangles": int(photo_mesh.filled.sum()),
+        "subdivide": subdivide,
+        "vertices": int(len(mesh.vertices)),
+        "faces": int(len(mesh.faces)),
+        "units": "mm",
+        "front": [0.0, 0.0, 1.0],
+        "up": [0.0, 1.0, 0.0],
+        "interocular_mm": interocular_mm,
+        "mm_per_pixel": photo_mesh.mm_per_pixel,
+        "extent_mm": extent.tolist(),
+        "texture_crop_xyxy": list(photo_mesh.crop),
+        "uv_convention": "OBJ: v = 0 is the bottom row of mesh.png (the photo cropped to texture_crop_xyxy)",
+        "pixel_center": photo_mesh.pixel_center.tolist(),
+        "world_from_pixel": "X = (x - cx) * s, Y = -(y - cy) * s, Z = -(z - cz) * s with s = mm_per_pixel, "
+                            "(cx, cy, cz) = pixel_center, z MediaPipe's relative depth in pixels",
+        "landmarks_world_mm": photo_mesh.landmarks_world.round(4).tolist(),
+        "landmarks_photo_px": landmarks.points.round(3).tolist(),
+        "untangle": {"moved_landmarks": int((photo_mesh.untangle_px > 1e-6).sum()),
+                     "max_px": float(photo_mesh.untangle_px.max()),
+                     "still_folded_triangles": photo_mesh.still_folded,
+                     "note": "landmarks moved in the image plane so that no triangle folds over "
+                             "(landmarks_world_mm are after, landmarks_photo_px before)"},
+        "mediapipe_version": _mediapipe_version(),
+        "warnings": notes,
+    }
+
+
 def photo_to_raw(
     image_path: str | Path,
     output: str | Path,
@@ -338,30 +404,14 @@ def photo_to_raw(
     Everything is checked before anything is written; the folder appears atomically."""
     t0 = time.perf_counter()
     image_path, output = Path(image_path), Path(output).resolve()
-    if subdivide < 0:
-        raise PbidrError(f"--subdivide {subdivide}: expected 0 or more Loop steps")
-    if BASE_TRIANGLES * 4**subdivide > MAX_FACES:
-        raise PbidrError(f"--subdivide {subdivide}: would make {BASE_TRIANGLES * 4**subdivide:,} triangles "
-                         f"(at most {MAX_FACES:,}); 3 gives 57,472")
-    if not interocular_mm > 0:
-        raise PbidrError(f"--interocular {interocular_mm}: expected a positive distance in mm")
+    _check_photo_args(subdivide, interocular_mm)
     _check_output(output, image_path, overwrite)
     image = read_photo(image_path)
     t_read = time.perf_counter()
     landmarks = detect_landmarks(image, image_path)
     t_detect = time.perf_counter()
 
-    notes = []
-    if landmarks.n_found > 1:
-        notes.append(f"{landmarks.n_found} faces found in {image_path}; using the largest")
-    eye_px = float(np.linalg.norm(landmarks.points[landmarks.left_eye, :2].mean(0)
-                                  - landmarks.points[landmarks.right_eye, :2].mean(0)))
-    if eye_px < SMALL_FACE_PX:
-        notes.append(f"the face is small in {image_path} (eyes {eye_px:.0f} px apart); its texture will be blurry")
-    h, w = image.shape[:2]
-    xy = landmarks.points[:, :2]
-    if (xy < 0).any() or (xy[:, 0] > w).any() or (xy[:, 1] > h).any():
-        notes.append(f"the face runs past the edge of {image_path}; the mesh there takes the edge's colours")
+    notes = _landmark_notes(image, image_path, landmarks)
     photo_mesh = build_photo_mesh(image, landmarks, subdivide, interocular_mm)
     if photo_mesh.still_folded:
         notes.append(f"{photo_mesh.still_folded} triangles stay folded over in {image_path} (a strongly turned head?); "
@@ -376,40 +426,7 @@ def photo_to_raw(
     with stage_output(output, "photo", overwrite) as tmp:
         write_obj(tmp / "mesh.obj", mesh)
         write_png(tmp / "landmarks.png", sheet)
-        extent = mesh.vertices.max(0) - mesh.vertices.min(0)
-        info = {
-            "pbidr_version": __version__,
-            "generator": "pbidr photo (MediaPipe face mesh)",
-            "photo": str(image_path.resolve()),
-            "photo_size": [h, w],
-            "faces_found": landmarks.n_found,
-            "landmarks": N_LANDMARKS,
-            "base_triangles": int(len(photo_mesh.base_faces)),
-            "closing_triangles": int(photo_mesh.filled.sum()),
-            "subdivide": subdivide,
-            "vertices": int(len(mesh.vertices)),
-            "faces": int(len(mesh.faces)),
-            "units": "mm",
-            "front": [0.0, 0.0, 1.0],
-            "up": [0.0, 1.0, 0.0],
-            "interocular_mm": interocular_mm,
-            "mm_per_pixel": photo_mesh.mm_per_pixel,
-            "extent_mm": extent.tolist(),
-            "texture_crop_xyxy": list(photo_mesh.crop),
-            "uv_convention": "OBJ: v = 0 is the bottom row of mesh.png (the photo cropped to texture_crop_xyxy)",
-            "pixel_center": photo_mesh.pixel_center.tolist(),
-            "world_from_pixel": "X = (x - cx) * s, Y = -(y - cy) * s, Z = -(z - cz) * s with s = mm_per_pixel, "
-                                "(cx, cy, cz) = pixel_center, z MediaPipe's relative depth in pixels",
-            "landmarks_world_mm": photo_mesh.landmarks_world.round(4).tolist(),
-            "landmarks_photo_px": landmarks.points.round(3).tolist(),
-            "untangle": {"moved_landmarks": int((photo_mesh.untangle_px > 1e-6).sum()),
-                         "max_px": float(photo_mesh.untangle_px.max()),
-                         "still_folded_triangles": photo_mesh.still_folded,
-                         "note": "landmarks moved in the image plane so that no triangle folds over "
-                                 "(landmarks_world_mm are after, landmarks_photo_px before)"},
-            "mediapipe_version": _mediapipe_version(),
-            "warnings": notes,
-        }
+        info = _photo_info(image_path, image, landmarks, photo_mesh, subdivide, interocular_mm, notes)
         t_write = time.perf_counter()
         info["timings"] = {"read_s": t_read - t0, "detect_s": t_detect - t_read, "mesh_s": t_mesh - t_detect,
                            "write_s": t_write - t_mesh, "total_s": t_write - t0}
