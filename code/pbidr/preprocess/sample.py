@@ -356,6 +356,51 @@ _FILES = {
 }
 
 
+def _write_sample_files(tmp: Path, mesh: TexturedMesh, detailed: TexturedMesh, disp: np.ndarray,
+                        fields: TexelFields) -> None:
+    """The meshes, the truth's displacement and the UV images (everything but sample.json)."""
+    write_obj(tmp / "mesh.obj", mesh)
+    write_obj(tmp / "gt_detailed.obj", detailed, texture_name="mesh.png", write_texture=False)
+    save_npy(tmp / "gt_displacement.npy", disp)
+    save_npy(tmp / "gt_displacement_uv.npy", fields.displacement.astype(np.float32))
+    Image.fromarray(_to_uint8(fields.albedo)).save(tmp / "albedo.png")
+    Image.fromarray(fields.marks.astype(np.uint8) * 255).save(tmp / "albedo_marks_uv.png")
+    Image.fromarray(fields.region.astype(np.uint8) * 255).save(tmp / "face_region_uv.png")
+
+
+def _sample_json(seed: int, grid: tuple[int, int], texture_size: int, vertices: np.ndarray, faces: np.ndarray,
+                 fields: TexelFields, bbox, disp: np.ndarray) -> dict:
+    """sample.json: how the sample was made, its sizes and the truth's parameters."""
+    nu, nv = grid
+    return {
+        "generator": "pbidr.preprocess.sample.make_sample",
+        "seed": int(seed),
+        "units": "mm",
+        "front": [0.0, 0.0, 1.0],
+        "up": [0.0, 1.0, 0.0],
+        "grid": [nu, nv],
+        "texture_size": texture_size,
+        "n_vertices": len(vertices),
+        "n_faces": len(faces),
+        "n_freckles": fields.n_freckles,
+        "bounding_box_mm": bbox,
+        "uv_convention": "OBJ: v = 0 is the bottom row of every *_uv image and of mesh.png",
+        "face_plane_mm": "px = (u - 0.5) * 150, py = (v - 0.5) * 200",
+        "light_direction": list(LIGHT_DIRECTION),
+        "shading": f"{AMBIENT} + {DIFFUSE} * max(0, n.l), n the detailed surface's normal per texel",
+        "displacement": {
+            "function": "pbidr.preprocess.sample.displacement_uv(u, v, seed)",
+            "coarse_surface": "pbidr.preprocess.sample.coarse_surface(u, v)",
+            "forehead_wrinkles": {"amplitude_mm": FOREHEAD_AMPLITUDE, "wavelength_mm": FOREHEAD_WAVELENGTH},
+            "crows_feet": {"amplitude_mm": CROWS_FEET_AMPLITUDE, "lines_per_turn": CROWS_FEET_LINES},
+            "nasolabial_folds": {"depth_mm": NASOLABIAL_DEPTH, "width_sigma_mm": NASOLABIAL_WIDTH},
+            "fine_bumps": {"rms_mm": BUMPS_RMS, "wavelength_mm": list(BUMPS_WAVELENGTH)},
+            "range_mm": [float(disp.min()), float(disp.max())],
+        },
+        "files": {name: desc for name, desc in _FILES.values()},
+    }
+
+
 def make_sample(
     output_dir: str | Path,
     seed: int = 0,
@@ -390,43 +435,8 @@ def make_sample(
     bbox = (tuple(float(x) for x in vertices.min(0)), tuple(float(x) for x in vertices.max(0)))
 
     with stage_output(output_dir, "sample", overwrite, seed=int(seed)) as tmp:
-        write_obj(tmp / "mesh.obj", mesh)
-        write_obj(tmp / "gt_detailed.obj", detailed, texture_name="mesh.png", write_texture=False)
-        save_npy(tmp / "gt_displacement.npy", disp)
-        save_npy(tmp / "gt_displacement_uv.npy", fields.displacement.astype(np.float32))
-        Image.fromarray(_to_uint8(fields.albedo)).save(tmp / "albedo.png")
-        Image.fromarray(fields.marks.astype(np.uint8) * 255).save(tmp / "albedo_marks_uv.png")
-        Image.fromarray(fields.region.astype(np.uint8) * 255).save(tmp / "face_region_uv.png")
-        write_json(
-            tmp / "sample.json",
-            {
-                "generator": "pbidr.preprocess.sample.make_sample",
-                "seed": int(seed),
-                "units": "mm",
-                "front": [0.0, 0.0, 1.0],
-                "up": [0.0, 1.0, 0.0],
-                "grid": [nu, nv],
-                "texture_size": texture_size,
-                "n_vertices": len(vertices),
-                "n_faces": len(faces),
-                "n_freckles": fields.n_freckles,
-                "bounding_box_mm": bbox,
-                "uv_convention": "OBJ: v = 0 is the bottom row of every *_uv image and of mesh.png",
-                "face_plane_mm": "px = (u - 0.5) * 150, py = (v - 0.5) * 200",
-                "light_direction": list(LIGHT_DIRECTION),
-                "shading": f"{AMBIENT} + {DIFFUSE} * max(0, n.l), n the detailed surface's normal per texel",
-                "displacement": {
-                    "function": "pbidr.preprocess.sample.displacement_uv(u, v, seed)",
-                    "coarse_surface": "pbidr.preprocess.sample.coarse_surface(u, v)",
-                    "forehead_wrinkles": {"amplitude_mm": FOREHEAD_AMPLITUDE, "wavelength_mm": FOREHEAD_WAVELENGTH},
-                    "crows_feet": {"amplitude_mm": CROWS_FEET_AMPLITUDE, "lines_per_turn": CROWS_FEET_LINES},
-                    "nasolabial_folds": {"depth_mm": NASOLABIAL_DEPTH, "width_sigma_mm": NASOLABIAL_WIDTH},
-                    "fine_bumps": {"rms_mm": BUMPS_RMS, "wavelength_mm": list(BUMPS_WAVELENGTH)},
-                    "range_mm": [float(disp.min()), float(disp.max())],
-                },
-                "files": {name: desc for name, desc in _FILES.values()},
-            },
-        )
+        _write_sample_files(tmp, mesh, detailed, disp, fields)
+        write_json(tmp / "sample.json", _sample_json(seed, (nu, nv), texture_size, vertices, faces, fields, bbox, disp))
 
     files = {role: output_dir / name for role, (name, _) in _FILES.items()}
     files["mtl"] = output_dir / "mesh.mtl"
