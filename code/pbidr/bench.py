@@ -5,17 +5,29 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from pbidr.evaluation.metrics import json_safe
+from pbidr.evaluation.run_eval import evaluate
+from pbidr.evaluation.score import score_mesh
+from pbidr.flops import iteration_flops, matmul_rate
+from pbidr.geometry.cameras import Rig, bounding_sphere, scale_matrix
+from pbidr.io.load import load_mesh
+from pbidr.preprocess.pipeline import preprocess
+from pbidr.preprocess.render import make_renderer
+from pbidr.preprocess.sample import make_sample
+from pbidr.training.trainer import Trainer
 from pbidr.utils.atomic import write_json
 
 
 def machine_info() -> dict:
-    import torch
-
     cpu = platform.processor() or ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -33,12 +45,6 @@ def bench_render(workdir: Path, views: int = 17, res: int = 1024, repeat: int = 
 
     ``render_s`` is ray casting + texture lookup only; ``preprocess_s`` is the whole
     ``pbidr preprocess`` (load, render, PNG encoding, contact sheet, atomic write)."""
-    from pbidr.geometry.cameras import Rig, bounding_sphere, scale_matrix
-    from pbidr.io.load import load_mesh
-    from pbidr.preprocess.pipeline import preprocess
-    from pbidr.preprocess.render import make_renderer
-    from pbidr.preprocess.sample import make_sample
-
     raw = workdir / "raw"
     if not (raw / "mesh.obj").exists():
         make_sample(raw)
@@ -72,13 +78,6 @@ def bench_render(workdir: Path, views: int = 17, res: int = 1024, repeat: int = 
 def bench_train_speed(scan_dir: Path, conf_path: Path, mode: str, iters: int, warmup: int, workdir: Path,
                       overrides: dict | None = None) -> dict:
     """Seconds per iteration, rays/s and FLOPs of ``iters`` training iterations (after ``warmup``)."""
-    import shutil
-
-    import torch
-
-    from pbidr.flops import iteration_flops
-    from pbidr.training.trainer import Trainer
-
     run = workdir / f"speed_{conf_path.stem}_{mode}"
     shutil.rmtree(run, ignore_errors=True)
     ov = {"model.ray_tracer.mode": mode, **(overrides or {})}
@@ -124,30 +123,19 @@ def _modes(conf_path: Path) -> list[str]:
     return ["idr", "mesh"]
 
 
-def run_all(root: Path, out_json: Path, quick: bool = False, progress: bool = True) -> dict:
-    """Every section, in one process: end-to-end demo pipeline, render, train speed, eval, quality."""
-    import math
+@dataclass
+class _EndToEnd:
+    """The demo pipeline's run: its stage times, and what the later sections read."""
 
-    import torch
+    seconds: dict
+    raw: Path
+    run: Path
+    train_steps: int
+    metrics: dict
 
-    from pbidr.evaluation.run_eval import evaluate
-    from pbidr.evaluation.score import score_mesh
-    from pbidr.flops import matmul_rate
-    from pbidr.geometry.cameras import Rig
-    from pbidr.preprocess.pipeline import preprocess
-    from pbidr.preprocess.sample import make_sample
-    from pbidr.training.trainer import Trainer
 
-    size = QUICK if quick else FULL
-    repo = Path(__file__).resolve().parents[2]
-    fast_conf, test_conf = repo / "confs" / "fast_mlp.conf", repo / "confs" / "test.conf"
-    work = out_json.parent / ("work_quick" if quick else "work")
-    work.mkdir(parents=True, exist_ok=True)
-    results: dict = {"quick": quick, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine_info()}
-    results["machine"]["matmul_gflop_s"] = matmul_rate() / 1e9
-    log = (lambda msg: print(f"[bench] {msg}", flush=True)) if progress else (lambda msg: None)
-
-    # End to end: the demo pipeline, stage by stage.
+def _bench_end_to_end(work: Path, size: dict, fast_conf: Path, progress: bool, log) -> _EndToEnd:
+    """The demo pipeline, stage by stage (sample, preprocess, train with ``fast_conf``, eval), timed."""
     e2e = {}
     raw, scan, run = work / "raw", work / "scan", work / "run"
     log("e2e: sample")
@@ -172,19 +160,22 @@ def run_all(root: Path, out_json: Path, quick: bool = False, progress: bool = Tr
     metrics = evaluate(run, mc_resolution=size["mc_res"], views=size["eval_views"], device="cpu", progress=progress)
     e2e["eval_s"] = time.perf_counter() - t0
     e2e["total_s"] = sum(e2e[k] for k in ("sample_s", "preprocess_s", "train_s", "eval_s"))
-    results["e2e"] = e2e
+    return _EndToEnd(seconds=e2e, raw=raw, run=run, train_steps=trained.step, metrics=metrics)
 
-    log("render")
-    results["render"] = bench_render(work, views=size["views"], res=size["res"], repeat=size["render_repeat"])
 
+def _eval_section(metrics: dict, mc_resolution: int) -> dict:
+    """Marching cubes' cost in the end-to-end eval, from its metrics.json."""
     mc = metrics.get("marching_cubes", {})
-    results["eval"] = {"mc_resolution": size["mc_res"], "mc_s": metrics["timings"].get("marching_cubes_s"),
-                       "mc_sdf_evals": mc.get("n_sdf_evals"), "mc_dense_evals": mc.get("dense_evals"),
-                       "mc_eval_saving": (mc["dense_evals"] / mc["n_sdf_evals"]) if mc.get("n_sdf_evals") else None,
-                       "eval_peak_rss_mb": metrics.get("peak_rss_mb"), "eval_total_s": metrics["timings"]["total_s"],
-                       "mc_error": mc.get("error")}
+    return {"mc_resolution": mc_resolution, "mc_s": metrics["timings"].get("marching_cubes_s"),
+            "mc_sdf_evals": mc.get("n_sdf_evals"), "mc_dense_evals": mc.get("dense_evals"),
+            "mc_eval_saving": (mc["dense_evals"] / mc["n_sdf_evals"]) if mc.get("n_sdf_evals") else None,
+            "eval_peak_rss_mb": metrics.get("peak_rss_mb"), "eval_total_s": metrics["timings"]["total_s"],
+            "mc_error": mc.get("error")}
 
-    log("train speed")
+
+def _train_speed_section(scan: Path, work: Path, size: dict, fast_conf: Path, test_conf: Path, matmul_gflop_s: float,
+                         log) -> list[dict]:
+    """Both confs' training speed with each tracer, and the FLOP rate against the machine's matmul."""
     speed = []
     for conf_path, iters in ((fast_conf, size["speed_iters"]), (test_conf, size["test_conf_iters"])):
         # test.conf's network at the scan's size: the image resolution does not change the cost per ray.
@@ -195,24 +186,43 @@ def run_all(root: Path, out_json: Path, quick: bool = False, progress: bool = Tr
             log(f"train speed: {conf_path.name} {mode}")
             speed.append(bench_train_speed(scan, conf_path, mode, iters, size["speed_warmup"], work, ov))
     for row in speed:
-        row["flop_rate_vs_matmul"] = row["achieved_gflop_s"] / results["machine"]["matmul_gflop_s"]
-    results["train_speed"] = speed
+        row["flop_rate_vs_matmul"] = row["achieved_gflop_s"] / matmul_gflop_s
+    return speed
 
-    log("quality")
-    quality = {"train_iters": trained.step, "psnr_mean": metrics.get("rendering", {}).get("psnr_mean")}
+
+def _quality_section(e2e: _EndToEnd) -> dict:
+    """The end-to-end run's meshes scored against the sample's truth."""
+    quality = {"train_iters": e2e.train_steps, "psnr_mean": e2e.metrics.get("rendering", {}).get("psnr_mean")}
     for name in ("detailed.obj", "detailed_subdivided.obj"):
-        sc = score_mesh(run / "eval" / name, raw)
+        sc = score_mesh(e2e.run / "eval" / name, e2e.raw)
         quality[name] = {k: sc[k] for k in ("normal_error_ratio", "displacement_correlation", "albedo_leak",
                                             "displacement_rms_mm", "normal_error_deg", "coarse_normal_error_deg")}
-    results["quality"] = quality
-    write_json(out_json, _json_safe(results))
+    return quality
+
+
+def run_all(root: Path, out_json: Path, quick: bool = False, progress: bool = True) -> dict:
+    """Every section, in one process: end-to-end demo pipeline, render, train speed, eval, quality."""
+    size = QUICK if quick else FULL
+    repo = Path(__file__).resolve().parents[2]
+    fast_conf, test_conf = repo / "confs" / "fast_mlp.conf", repo / "confs" / "test.conf"
+    work = out_json.parent / ("work_quick" if quick else "work")
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict = {"quick": quick, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine_info()}
+    results["machine"]["matmul_gflop_s"] = matmul_rate() / 1e9
+    log = (lambda msg: print(f"[bench] {msg}", flush=True)) if progress else (lambda msg: None)
+
+    e2e = _bench_end_to_end(work, size, fast_conf, progress, log)
+    results["e2e"] = e2e.seconds
+    log("render")
+    results["render"] = bench_render(work, views=size["views"], res=size["res"], repeat=size["render_repeat"])
+    results["eval"] = _eval_section(e2e.metrics, size["mc_res"])
+    log("train speed")
+    results["train_speed"] = _train_speed_section(work / "scan", work, size, fast_conf, test_conf,
+                                                  results["machine"]["matmul_gflop_s"], log)
+    log("quality")
+    results["quality"] = _quality_section(e2e)
+    write_json(out_json, json_safe(results))
     return results
-
-
-def _json_safe(obj):
-    from pbidr.evaluation.metrics import json_safe
-
-    return json_safe(obj)
 
 
 def markdown(results: dict) -> str:
