@@ -20,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pbidr.preprocess.sample import make_sample
+from pbidr.utils.images import write_png
+
 # Each lever of confs/fast.conf's texel fit switched off (FitConfig fields).
 LEVERS = {
     "full": {},
@@ -218,9 +221,7 @@ def reference_points(spec: str, results: list[dict]) -> tuple[str, list[tuple[fl
     return f"{path.parent.name} (ray/MLP)", points
 
 
-def main(argv=None) -> int:
-    from pbidr.preprocess.sample import make_sample
-
+def _parse_args(argv) -> argparse.Namespace:
     repo = Path(__file__).resolve().parents[2]
     p = argparse.ArgumentParser(prog="python -m pbidr.bench_texel", description=__doc__)
     p.add_argument("--out", required=True)
@@ -235,17 +236,14 @@ def main(argv=None) -> int:
     p.add_argument("--reference", action="append", default=[],
                    help="another mode's quality against time for OUT/quality_time.png: a `pbidr bench quality` "
                    "quality.json (its runs on the same seeds), or LABEL=SECONDS:RECOVERED,... (measured elsewhere)")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    seeds = [int(s) for s in args.seeds.split(",") if s]
+    return p.parse_args(argv)
+
+
+def _fit_jobs(args: argparse.Namespace, out: Path, seeds: list[int], threads: int) -> list[dict]:
+    """One job per (lever, seed), then the oracle, the diagnostics and the curve's step counts."""
     levers = LEVERS if args.levers == "all" else ({"full": {}} if args.levers == "none" else
                                                   {k: LEVERS[k] for k in ["full", *args.levers.split(";")]})
-    for seed in seeds:
-        if not (out / f"sample{seed}" / "sample.json").is_file():
-            make_sample(out / f"sample{seed}", seed=seed)
-    cores = len(os.sched_getaffinity(0))
-    threads = max(1, cores // max(1, args.jobs))
+
     def job(seed: int, name: str, lever: dict, oracle: bool = False) -> dict:
         return {"sample": str(out / f"sample{seed}"), "seed": seed, "conf": args.conf, "lever_name": name,
                 "lever": lever, "oracle": oracle, "threads": threads}
@@ -257,19 +255,15 @@ def main(argv=None) -> int:
                  for name, (tl, ta, lever) in DIAGNOSTICS.items() for seed in seeds]
     jobs += [job(seed, f"{n} steps", {"steps": n}) for n in (int(x) for x in args.curve.split(",") if x)
              for seed in seeds]
-    rate_before = matmul_gflops()
-    t0 = time.perf_counter()
-    # spawn, not fork: the parent's matmul probe has started OpenMP threads, and a forked child that uses
-    # more than one thread hangs (measured: --jobs 1 on 2 cores never finished)
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
-        results = list(pool.map(run_one, jobs))
-    wall = time.perf_counter() - t0
-    rate_after = matmul_gflops()
-    report = {"matmul_gflops_before": rate_before, "matmul_gflops_after": rate_after, "wall_s": wall,
-              "jobs": args.jobs, "threads_per_job": threads, "results": results}
-    (out / "texel.json").write_text(json.dumps(report, indent=1))
-    lines = [f"fp32 matmul {rate_before:.0f} / {rate_after:.0f} GFLOP/s (before / after), {args.jobs} fits at a time, "
-             f"{threads} thread(s) each, wall {wall:.0f} s", "",
+    return jobs
+
+
+def _report_lines(report: dict) -> list[str]:
+    """texel.md: the score table of every fit, then the fitted map's bands against the truth."""
+    results, threads = report["results"], report["threads_per_job"]
+    lines = [f"fp32 matmul {report['matmul_gflops_before']:.0f} / {report['matmul_gflops_after']:.0f} GFLOP/s "
+             f"(before / after), {report['jobs']} fits at a time, {threads} thread(s) each, wall {report['wall_s']:.0f} s",
+             "",
              "| run | seed | fit s | coarse ratio / ceiling / recovered | dense ratio / ceiling / recovered | corr | RMS / true mm | leak |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -286,10 +280,34 @@ def main(argv=None) -> int:
             lines.append(f"| {r['lever']} | {r['seed']} | " + " | ".join(
                 f"{b['true_rms']:.3f} / {b['fit_rms']:.3f}, {b['slope']:.2f}, {b['correlation']:.2f}"
                 for b in r["bands"]) + " |")
+    return lines
+
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    for seed in seeds:
+        if not (out / f"sample{seed}" / "sample.json").is_file():
+            make_sample(out / f"sample{seed}", seed=seed)
+    cores = len(os.sched_getaffinity(0))
+    threads = max(1, cores // max(1, args.jobs))
+    jobs = _fit_jobs(args, out, seeds, threads)
+    rate_before = matmul_gflops()
+    t0 = time.perf_counter()
+    # spawn, not fork: the parent's matmul probe has started OpenMP threads, and a forked child that uses
+    # more than one thread hangs (measured: --jobs 1 on 2 cores never finished)
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(run_one, jobs))
+    wall = time.perf_counter() - t0
+    rate_after = matmul_gflops()
+    report = {"matmul_gflops_before": rate_before, "matmul_gflops_after": rate_after, "wall_s": wall,
+              "jobs": args.jobs, "threads_per_job": threads, "results": results}
+    (out / "texel.json").write_text(json.dumps(report, indent=1))
+    lines = _report_lines(report)
     (out / "texel.md").write_text("\n".join(lines) + "\n")
     if args.curve:
-        from pbidr.utils.images import write_png
-
         write_png(out / "quality_time.png", quality_time_chart(results, [reference_points(r, results)
                                                                           for r in args.reference]))
     print("\n".join(lines))

@@ -37,6 +37,38 @@ def _batch_cmd(inputs: Path, out: Path, args: argparse.Namespace, engine: list[s
     return cmd
 
 
+def _engine_configs(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(name, engine flags) of each engine setting measured: local unless --skip-local, then Ray with each
+    --gpus share, or with all the cores for one subject and with one core each."""
+    cores = os.cpu_count() or 1
+    configs: list[tuple[str, list[str]]] = [] if args.skip_local else [("local", ["--engine", "local"])]
+    if args.gpus:
+        for g in args.gpus.split(","):
+            configs.append((f"ray, {g} GPU per subject",
+                            ["--engine", "ray", "--gpus-per-job", g, "--cpus-per-job", str(args.cpus_per_gpu_job)]))
+    else:
+        configs += [(f"ray, {cores} CPUs per subject (1 at a time)", ["--engine", "ray", "--cpus-per-job", str(cores)]),
+                    (f"ray, 1 CPU per subject ({cores} at a time)", ["--engine", "ray", "--cpus-per-job", "1"])]
+    return configs
+
+
+def _timed_batch(inputs: Path, out: Path, args: argparse.Namespace, engine: list[str]) -> dict:
+    """One `pbidr batch` run into ``out``: its wall and CPU time, exit code and summary rows."""
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(_batch_cmd(inputs, out, args, engine), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+    wall = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds of the batch and the processes it reaped: the whole cost of the local engine, but not
+    # of Ray's (its workers are not reaped into this tree), so JSON only, not in the table.
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    summary = list((out / "summary.csv").read_text().splitlines()[1:]) if (out / "summary.csv").exists() else []
+    return {"args": engine, "exit_code": proc.returncode, "wall_s": wall, "cpu_s": cpu,
+            "subjects_per_hour": 3600.0 * args.subjects / wall, "summary_rows": summary,
+            "output_tail": proc.stdout[-2000:]}
+
+
 def run(args: argparse.Namespace) -> dict:
     import torch
 
@@ -49,15 +81,7 @@ def run(args: argparse.Namespace) -> dict:
     for seed in range(args.subjects):
         if not (inputs / f"face{seed}" / "sample.json").is_file():
             make_sample(inputs / f"face{seed}", seed=seed)
-    cores = os.cpu_count() or 1
-    configs: list[tuple[str, list[str]]] = [] if args.skip_local else [("local", ["--engine", "local"])]
-    if args.gpus:
-        for g in args.gpus.split(","):
-            configs.append((f"ray, {g} GPU per subject",
-                            ["--engine", "ray", "--gpus-per-job", g, "--cpus-per-job", str(args.cpus_per_gpu_job)]))
-    else:
-        configs += [(f"ray, {cores} CPUs per subject (1 at a time)", ["--engine", "ray", "--cpus-per-job", str(cores)]),
-                    (f"ray, 1 CPU per subject ({cores} at a time)", ["--engine", "ray", "--cpus-per-job", "1"])]
+    configs = _engine_configs(args)
     results = {"machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M"), "subjects": args.subjects,
                "settings": {k: getattr(args, k) for k in ("conf", "iters", "res", "yaw", "mc_resolution",
                                                           "eval_views", "device", "set")}}
@@ -71,23 +95,11 @@ def run(args: argparse.Namespace) -> dict:
         out = work / (f"out{rnd}_" + "".join(c if c.isalnum() else "_" for c in name))
         if out.exists():
             raise SystemExit(f"{out}: exists; use a fresh --workdir (the benchmark never reuses outputs)")
-        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t0 = time.perf_counter()
-        proc = subprocess.run(_batch_cmd(inputs, out, args, engine), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
-        wall = time.perf_counter() - t0
-        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        # CPU seconds of the batch and the processes it reaped: the whole cost of the local engine, but not
-        # of Ray's (its workers are not reaped into this tree), so JSON only, not in the table.
-        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-        summary = list((out / "summary.csv").read_text().splitlines()[1:]) if (out / "summary.csv").exists() else []
-        row = {"engine": name, "round": rnd, "args": engine, "exit_code": proc.returncode, "wall_s": wall, "cpu_s": cpu,
-               "subjects_per_hour": 3600.0 * args.subjects / wall, "summary_rows": summary,
-               "output_tail": proc.stdout[-2000:]}
+        row = {"engine": name, "round": rnd} | _timed_batch(inputs, out, args, engine)
         rows.append(row)
         if args.progress:
-            print(f"round {rnd}, {name}: {wall:.1f} s, {cpu:.1f} CPU s (exit {proc.returncode})", file=sys.stderr,
-                  flush=True)
+            print(f"round {rnd}, {name}: {row['wall_s']:.1f} s, {row['cpu_s']:.1f} CPU s (exit {row['exit_code']})",
+                  file=sys.stderr, flush=True)
     results["matmul_gflop_s_after"] = matmul_rate(device="cuda" if args.gpus and torch.cuda.is_available()
                                                   else "cpu") / 1e9
     medians = {name: statistics.median(r["wall_s"] for r in rows if r["engine"] == name) for name, _ in configs}

@@ -107,31 +107,64 @@ def _ray_subject(subject: Subject, settings: BatchSettings, attempt: int) -> Sub
     return run_subject(subject, settings, attempt)
 
 
+def _init_ray(ray, address: str | None) -> bool:
+    """Join ``address`` or start a local Ray, unless one is already initialised in this process; whether
+    this call started it (and so shuts it down)."""
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+                 configure_logging=True)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise PbidrError(f"could not start or join {where}: {' '.join(str(exc).split())[:300]}") from None
+    return True
+
+
+def _ray_slots(ray, cpus_per_job: float, gpus_per_job: float, max_parallel: int | None) -> int:
+    """How many subjects the cluster runs at once; a job that no node could ever hold is an error."""
+    have = ray.cluster_resources()
+    for name, need in (("CPU", cpus_per_job), ("GPU", gpus_per_job)):
+        if need > 0 and have.get(name, 0.0) < need:
+            raise PbidrError(f"--{name.lower()}s-per-job {need:g}: the Ray cluster has only "
+                             f"{have.get(name, 0.0):g} {name}s, so no subject could ever start")
+    needs = [(have.get(name, 0.0), need) for name, need in (("CPU", cpus_per_job), ("GPU", gpus_per_job)) if need > 0]
+    slots = max(1, min(int(total // need + 1e-9) for total, need in needs))
+    return min(slots, max_parallel) if max_parallel is not None else slots
+
+
+def _ray_outcome(ray, ref, subject: Subject, attempt: int, settings: BatchSettings) -> SubjectOutcome:
+    """The task's outcome; a task Ray lost (the worker died: OOM killer, segfault, node lost) is a
+    transient failure, recorded as such."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as exc:
+        err = f"Ray task lost: {error_line(exc)}"
+        outcome = SubjectOutcome(subject.id, "failed", stage=None, error=err, transient=True, attempt=attempt)
+        mark_failed(settings, subject, err)
+        return outcome
+
+
+def _cancel_running(ray, running: dict) -> None:
+    """Cancel the running tasks and give them CANCEL_GRACE_S to end: cancelling raises KeyboardInterrupt
+    inside them, and the trainer saves a checkpoint first."""
+    for ref in running:
+        ray.cancel(ref)
+    deadline = time.monotonic() + CANCEL_GRACE_S
+    refs = list(running)
+    while refs and time.monotonic() < deadline:
+        _, refs = ray.wait(refs, num_returns=len(refs), timeout=1.0)
+
+
 def run_ray(subjects: list[Subject], settings: BatchSettings, retries: int, progress: Progress,
             address: str | None = None, cpus_per_job: float = 1.0, gpus_per_job: float = 0.0,
             max_parallel: int | None = None) -> list[SubjectOutcome]:
     """Each subject as a Ray task. Joins ``address`` (a cluster), or starts a local Ray when none is
     given; a Ray already initialised in this process (tests, notebooks) is used as it is."""
     ray = import_ray()
-    started_here = False
-    if not ray.is_initialized():
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
-                     configure_logging=True)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            where = f"the Ray cluster at {address}" if address else "a local Ray"
-            raise PbidrError(f"could not start or join {where}: {' '.join(str(exc).split())[:300]}") from None
-        started_here = True
+    started_here = _init_ray(ray, address)
     try:
-        have = ray.cluster_resources()
-        for name, need in (("CPU", cpus_per_job), ("GPU", gpus_per_job)):
-            if need > 0 and have.get(name, 0.0) < need:
-                raise PbidrError(f"--{name.lower()}s-per-job {need:g}: the Ray cluster has only "
-                                 f"{have.get(name, 0.0):g} {name}s, so no subject could ever start")
-        needs = [(have.get(name, 0.0), need) for name, need in (("CPU", cpus_per_job), ("GPU", gpus_per_job)) if need > 0]
-        progress.slots = max(1, min(int(total // need + 1e-9) for total, need in needs))
-        if max_parallel is not None:
-            progress.slots = min(progress.slots, max_parallel)
+        progress.slots = _ray_slots(ray, cpus_per_job, gpus_per_job, max_parallel)
         remote = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job, max_retries=0)(_ray_subject)
         pending = deque((s, 1) for s in subjects)
         running: dict = {}
@@ -146,13 +179,7 @@ def run_ray(subjects: list[Subject], settings: BatchSettings, retries: int, prog
                 progress.refresh()
                 for ref in ready:
                     subject, attempt = running.pop(ref)
-                    try:
-                        outcome = ray.get(ref)
-                    except ray.exceptions.RayError as exc:  # the worker died (OOM killer, segfault, node lost)
-                        err = f"Ray task lost: {error_line(exc)}"
-                        outcome = SubjectOutcome(subject.id, "failed", stage=None, error=err, transient=True,
-                                                 attempt=attempt)
-                        mark_failed(settings, subject, err)
+                    outcome = _ray_outcome(ray, ref, subject, attempt, settings)
                     if outcome.state == "failed" and outcome.transient and attempt <= retries:
                         progress.retry(outcome)
                         pending.append((subject, attempt + 1))
@@ -160,13 +187,7 @@ def run_ray(subjects: list[Subject], settings: BatchSettings, retries: int, prog
                         progress.finished(outcome)
                         outcomes.append(outcome)
         except KeyboardInterrupt:
-            # Cancelling raises KeyboardInterrupt inside the tasks: the trainer saves a checkpoint first.
-            for ref in running:
-                ray.cancel(ref)
-            deadline = time.monotonic() + CANCEL_GRACE_S
-            refs = list(running)
-            while refs and time.monotonic() < deadline:
-                _, refs = ray.wait(refs, num_returns=len(refs), timeout=1.0)
+            _cancel_running(ray, running)
             raise
         return outcomes
     finally:

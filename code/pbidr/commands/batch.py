@@ -86,11 +86,9 @@ def settings_from_args(args: argparse.Namespace):
                          units=args.units)
 
 
-def cmd_batch(args: argparse.Namespace) -> int:
-    from pbidr.batch.engines import Progress, import_ray, run_local, run_ray
-    from pbidr.batch.subjects import find_subjects
-    from pbidr.batch.summary import write_summary
-
+def _check_engine_args(args: argparse.Namespace) -> None:
+    """The engine's options checked (and their defaults filled in) before anything is written."""
+    from pbidr.batch.engines import import_ray
     from pbidr.utils.device import pick_device
 
     if args.engine != "ray":  # an option that would be ignored is an error, not a silent default
@@ -111,6 +109,49 @@ def cmd_batch(args: argparse.Namespace) -> int:
         if args.max_parallel is not None and args.max_parallel < 1:
             raise PbidrError(f"--max-parallel {args.max_parallel}: must be at least 1")
         import_ray()  # fail before anything is written when Ray is missing
+
+
+def _run_engine(args: argparse.Namespace, subjects: list, settings, progress) -> bool:
+    """Every subject through the chosen engine (each records its own state, which the summary reads);
+    whether Ctrl-C interrupted the batch."""
+    from pbidr.batch.engines import run_local, run_ray
+
+    try:
+        if args.engine == "local":
+            run_local(subjects, settings, args.retries, progress)
+        else:
+            run_ray(subjects, settings, args.retries, progress, address=args.address,
+                    cpus_per_job=args.cpus_per_job, gpus_per_job=args.gpus_per_job, max_parallel=args.max_parallel)
+    except KeyboardInterrupt:
+        return True
+    finally:
+        progress.close()
+    return False
+
+
+def _report(out: Path, subjects: list, header: dict, wall: float, interrupted: bool) -> int:
+    """The final summary and the closing lines; the exit code (130 interrupted, 1 a subject failed)."""
+    from pbidr.batch.summary import write_summary
+
+    header["wall time of the last run"] = f"{wall:.1f} s" + (" (interrupted)" if interrupted else "")
+    rows = write_summary(out, subjects, header)
+    failed = [r for r in rows if r["status"] == "failed"]
+    done = sum(r["status"] == "done" for r in rows)
+    print(f"batch {'interrupted' if interrupted else 'finished'} in {wall:.1f} s: {done} done, {len(failed)} failed of "
+          f"{len(rows)}; summary {out / 'summary.md'}, overview {out / 'overview.png'}")
+    for r in failed:
+        print(f"  {r['subject']}: {r['error']}")
+    if interrupted:
+        return 130
+    return 1 if failed else 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from pbidr.batch.engines import Progress
+    from pbidr.batch.subjects import find_subjects
+    from pbidr.batch.summary import write_summary
+
+    _check_engine_args(args)
     settings = settings_from_args(args)
     out = settings.out
     subjects = find_subjects(args.inputs, out)
@@ -126,27 +167,5 @@ def cmd_batch(args: argparse.Namespace) -> int:
         write_summary(out, subjects, header, overview=False)
 
     progress = Progress(len(subjects), enabled=not args.quiet, on_finish=refresh_summary)
-    interrupted = False
-    try:
-        if args.engine == "local":
-            outcomes = run_local(subjects, settings, args.retries, progress)
-        else:
-            outcomes = run_ray(subjects, settings, args.retries, progress, address=args.address,
-                               cpus_per_job=args.cpus_per_job, gpus_per_job=args.gpus_per_job,
-                               max_parallel=args.max_parallel)
-    except KeyboardInterrupt:
-        interrupted, outcomes = True, []
-    finally:
-        progress.close()
-    wall = time.perf_counter() - t0
-    header["wall time of the last run"] = f"{wall:.1f} s" + (" (interrupted)" if interrupted else "")
-    rows = write_summary(out, subjects, header)
-    failed = [r for r in rows if r["status"] == "failed"]
-    done = sum(r["status"] == "done" for r in rows)
-    print(f"batch {'interrupted' if interrupted else 'finished'} in {wall:.1f} s: {done} done, {len(failed)} failed of "
-          f"{len(rows)}; summary {out / 'summary.md'}, overview {out / 'overview.png'}")
-    for r in failed:
-        print(f"  {r['subject']}: {r['error']}")
-    if interrupted:
-        return 130
-    return 1 if failed else 0
+    interrupted = _run_engine(args, subjects, settings, progress)
+    return _report(out, subjects, header, time.perf_counter() - t0, interrupted)
