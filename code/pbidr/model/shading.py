@@ -22,22 +22,25 @@ from pbidr.utils.config import Config, setting
 
 
 @dataclass
-class DiffuseNetworkConfig(Config):
-    """``model.diffuse_network``: the diffuse shading D(n) of the coarse (or SDF) normal."""
+class _ShadingMLPConfig(Config):
+    """What the two shading networks' blocks share (their own encodings' fields follow these)."""
 
     dims: list[int] = setting([128], "hidden layer widths", entries_positive=True)
     d_out: int = setting(1, "1: grey shading (the original's), 3: rgb", choices=(1, 3))
     weight_norm: bool = setting(True, "weight normalisation on every layer")
+
+
+@dataclass
+class DiffuseNetworkConfig(_ShadingMLPConfig):
+    """``model.diffuse_network``: the diffuse shading D(n) of the coarse (or SDF) normal."""
+
     multires: int = setting(6, "positional-encoding frequencies of the normal (the original's multires_view)")
 
 
 @dataclass
-class SpecularNetworkConfig(Config):
+class SpecularNetworkConfig(_ShadingMLPConfig):
     """``model.specular_network``: the specular shading S(n_sdf, view)."""
 
-    dims: list[int] = setting([128], "hidden layer widths", entries_positive=True)
-    d_out: int = setting(1, "1: grey shading (the original's), 3: rgb", choices=(1, 3))
-    weight_norm: bool = setting(True, "weight normalisation on every layer")
     multires_view: int = setting(4, "positional-encoding frequencies of the view direction")
     multires_normal: int = setting(4, "positional-encoding frequencies of the SDF normal (the original uses "
                                       "multires_view)")
