@@ -14,7 +14,7 @@ forward (which draws nothing after its eikonal samples), in this order: runs dra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch.nn import functional as F
@@ -47,10 +47,7 @@ class RegulariserSampling:
 
     @classmethod
     def from_config(cls, conf: ModelConfig) -> "RegulariserSampling":
-        return cls(residual_lowpass_radius=conf.residual_lowpass_radius,
-                   residual_lowpass_points=conf.residual_lowpass_points,
-                   residual_lowpass_samples=conf.residual_lowpass_samples,
-                   albedo_smoothness_step=conf.albedo_smoothness_step)
+        return cls(**{f.name: getattr(conf, f.name) for f in fields(cls)})
 
 
 class RegulariserSampler:
