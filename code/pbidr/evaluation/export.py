@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -339,62 +339,93 @@ def _png_bytes(rgb: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def glb_document(positions: np.ndarray, normals: np.ndarray, tangents: np.ndarray, uv: np.ndarray,
-                 faces: np.ndarray, base_color_png: bytes | None, normal_png: bytes | None,
-                 name: str = "detailed") -> tuple[dict, bytes]:
-    """glTF 2.0 JSON and binary buffer of one triangle primitive. ``uv`` in the OBJ convention
-    (flipped to glTF's top-left origin here); tangents (N, 4). The material is matte (metallic 0)
-    and double-sided (a face scan is an open surface)."""
-    blobs: list[bytes] = []
-    views: list[dict] = []
-    accessors: list[dict] = []
+# glTF's numeric codes: accessor component types and buffer-view targets.
+_GL_FLOAT, _GL_UNSIGNED_INT = 5126, 5125
+_GL_ARRAY_BUFFER, _GL_ELEMENT_ARRAY_BUFFER = 34962, 34963
 
-    def add_view(data: bytes, target: int | None) -> int:
-        offset = sum(len(b) for b in blobs)
+
+@dataclass
+class _GlbBuffer:
+    """The single binary buffer of a GLB as it is filled: its parts in order, with the glTF buffer
+    views and accessors that point into it."""
+
+    blobs: list[bytes] = field(default_factory=list)
+    views: list[dict] = field(default_factory=list)
+    accessors: list[dict] = field(default_factory=list)
+
+    def add_view(self, data: bytes, target: int | None) -> int:
+        """Append ``data`` as a buffer view; its index."""
+        offset = sum(len(b) for b in self.blobs)
         view = {"buffer": 0, "byteOffset": offset, "byteLength": len(data)}
         if target is not None:
             view["target"] = target
-        views.append(view)
-        blobs.append(data + b"\0" * (-len(data) % 4))  # every view starts 4-byte aligned
-        return len(views) - 1
+        self.views.append(view)
+        self.blobs.append(data + b"\0" * (-len(data) % 4))  # every view starts 4-byte aligned
+        return len(self.views) - 1
 
-    def add_accessor(array: np.ndarray, kind: str, component: int, target: int, bounds: bool = False) -> int:
-        view = add_view(np.ascontiguousarray(array).tobytes(), target)
+    def add_accessor(self, array: np.ndarray, kind: str, component: int, target: int, bounds: bool = False) -> int:
+        """Append ``array`` (N, ...) as a view and an accessor of ``kind`` (VEC3, SCALAR, ...); its index."""
+        view = self.add_view(np.ascontiguousarray(array).tobytes(), target)
         acc = {"bufferView": view, "componentType": component, "count": int(len(array)), "type": kind}
         if bounds:
             acc["min"] = [float(x) for x in array.min(axis=0)]
             acc["max"] = [float(x) for x in array.max(axis=0)]
-        accessors.append(acc)
-        return len(accessors) - 1
+        self.accessors.append(acc)
+        return len(self.accessors) - 1
 
-    float_, uint_, array_buffer, element_buffer = 5126, 5125, 34962, 34963
-    attributes = {
-        "POSITION": add_accessor(positions.astype("<f4"), "VEC3", float_, array_buffer, bounds=True),
-        "NORMAL": add_accessor(normals.astype("<f4"), "VEC3", float_, array_buffer),
-        "TANGENT": add_accessor(tangents.astype("<f4"), "VEC4", float_, array_buffer),
-        "TEXCOORD_0": add_accessor(np.stack([uv[:, 0], 1.0 - uv[:, 1]], axis=1).astype("<f4"), "VEC2", float_,
-                                   array_buffer),
+    def binary(self) -> bytes:
+        return b"".join(self.blobs)
+
+
+def _vertex_attributes(buffer: _GlbBuffer, positions: np.ndarray, normals: np.ndarray, tangents: np.ndarray,
+                       uv: np.ndarray) -> dict[str, int]:
+    """The primitive's attribute accessors, float32; ``uv`` flipped from the OBJ convention to glTF's
+    top-left origin."""
+    return {
+        "POSITION": buffer.add_accessor(positions.astype("<f4"), "VEC3", _GL_FLOAT, _GL_ARRAY_BUFFER, bounds=True),
+        "NORMAL": buffer.add_accessor(normals.astype("<f4"), "VEC3", _GL_FLOAT, _GL_ARRAY_BUFFER),
+        "TANGENT": buffer.add_accessor(tangents.astype("<f4"), "VEC4", _GL_FLOAT, _GL_ARRAY_BUFFER),
+        "TEXCOORD_0": buffer.add_accessor(np.stack([uv[:, 0], 1.0 - uv[:, 1]], axis=1).astype("<f4"), "VEC2",
+                                          _GL_FLOAT, _GL_ARRAY_BUFFER),
     }
-    indices = add_accessor(faces.reshape(-1).astype("<u4"), "SCALAR", uint_, element_buffer)
+
+
+def _textured_material(buffer: _GlbBuffer, name: str, base_color_png: bytes | None,
+                       normal_png: bytes | None) -> tuple[dict[str, Any], list[dict], list[dict]]:
+    """The matte, double-sided material with the given PNGs embedded as its base-colour and normal
+    textures; returns the material, the images and the textures."""
     material: dict[str, Any] = {"name": f"{name}_material", "doubleSided": True,
                                 "pbrMetallicRoughness": {"metallicFactor": 0.0, "roughnessFactor": 0.6}}
     images, textures = [], []
     for role, png in (("baseColor", base_color_png), ("normal", normal_png)):
         if png is None:
             continue
-        images.append({"bufferView": add_view(png, None), "mimeType": "image/png", "name": f"{name}_{role}"})
+        images.append({"bufferView": buffer.add_view(png, None), "mimeType": "image/png", "name": f"{name}_{role}"})
         textures.append({"source": len(images) - 1, "sampler": 0})
         if role == "baseColor":
             material["pbrMetallicRoughness"]["baseColorTexture"] = {"index": len(textures) - 1, "texCoord": 0}
         else:
             material["normalTexture"] = {"index": len(textures) - 1, "texCoord": 0, "scale": 1.0}
-    binary = b"".join(blobs)
+    return material, images, textures
+
+
+def glb_document(positions: np.ndarray, normals: np.ndarray, tangents: np.ndarray, uv: np.ndarray,
+                 faces: np.ndarray, base_color_png: bytes | None, normal_png: bytes | None,
+                 name: str = "detailed") -> tuple[dict, bytes]:
+    """glTF 2.0 JSON and binary buffer of one triangle primitive. ``uv`` in the OBJ convention
+    (flipped to glTF's top-left origin here); tangents (N, 4). The material is matte (metallic 0)
+    and double-sided (a face scan is an open surface)."""
+    buffer = _GlbBuffer()
+    attributes = _vertex_attributes(buffer, positions, normals, tangents, uv)
+    indices = buffer.add_accessor(faces.reshape(-1).astype("<u4"), "SCALAR", _GL_UNSIGNED_INT, _GL_ELEMENT_ARRAY_BUFFER)
+    material, images, textures = _textured_material(buffer, name, base_color_png, normal_png)
+    binary = buffer.binary()
     doc: dict[str, Any] = {
         "asset": {"version": "2.0", "generator": "pbidr (pbidr.evaluation.export)"},
         "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0, "name": name}],
         "meshes": [{"name": name, "primitives": [{"attributes": attributes, "indices": indices, "material": 0,
                                                   "mode": 4}]}],
-        "materials": [material], "accessors": accessors, "bufferViews": views,
+        "materials": [material], "accessors": buffer.accessors, "bufferViews": buffer.views,
         "buffers": [{"byteLength": len(binary)}],
     }
     if textures:

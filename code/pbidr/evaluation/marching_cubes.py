@@ -163,11 +163,13 @@ def _nodes_to_evaluate(grid: _Grid, corners: np.ndarray, ext: np.ndarray, tree: 
 
 
 def _drop_off_surface(grid: _Grid, vertices: np.ndarray, faces: np.ndarray, evaluate: _Evaluator,
-                      tolerance: float, near: np.ndarray | None, radius: float | None
+                      tolerance: float | None, near: np.ndarray | None, radius: float | None
                       ) -> tuple[np.ndarray, np.ndarray, int, int]:
     """The mesh without the triangles that have a vertex where |sdf| > ``tolerance`` cells (checked at the
     vertices within ``radius`` of ``near``, or at all of them), the number of triangles dropped and of
-    vertices checked."""
+    vertices checked. The mesh as it is (none dropped, none checked) without a tolerance or a face."""
+    if tolerance is None or not len(faces):
+        return vertices, faces, 0, 0
     positions = grid.position(vertices)
     checked = np.ones(len(vertices), dtype=bool)
     if near is not None:
@@ -226,40 +228,65 @@ def extract_level_set(
     block, min_block = max(1, int(block)), max(1, int(min_block))
     evaluate = _Evaluator(sdf, _pick_device(sdf, device), chunk, progress)
 
+    samples = _sample_sdf(grid, tree, band, lipschitz, evaluate, block, min_block)
+    coarse = np.unique(samples.corners // block, axis=0) if len(samples.corners) else np.zeros((0, 3), np.int64)
+    vertices, faces = _mesh_blocks(grid, samples.nodes, samples.values, coarse, block)
+    vertices, faces, n_off_surface, n_checked = _drop_off_surface(
+        grid, vertices, faces, evaluate, off_surface_tolerance, off_surface_near, off_surface_radius)
+    _require_surface(faces, resolution, evaluate.count, samples.values)
+    stats = {
+        "n_sdf_evals": int(evaluate.count), "dense_evals": int(np.prod(grid.nodes)),
+        **_stage_seconds(t0, samples),
+        "grid_shape": [int(x) for x in grid.nodes], "voxel_size": grid.voxel, "origin": grid.origin.tolist(),
+        "n_blocks": int(len(coarse)), "n_nodes": int(len(samples.nodes)),
+        "n_faces_off_surface_dropped": n_off_surface, "n_vertices_off_surface_checked": n_checked,
+    }
+    return LevelSet(vertices=grid.position(vertices), faces=faces, stats=stats)
+
+
+@dataclass
+class _Samples:
+    """What the sampling stages leave for meshing: the finest kept blocks' corners (B, 3) in cells,
+    the evaluated nodes' sorted linear ids (N,) and their SDF (N,) float32, and the
+    ``time.perf_counter()`` at the end of pruning, of node selection and of the SDF queries."""
+
+    corners: np.ndarray
+    nodes: np.ndarray
+    values: np.ndarray
+    t_prune: float
+    t_nodes: float
+    t_sdf: float
+
+
+def _sample_sdf(grid: _Grid, tree: cKDTree | None, band: float | None, lipschitz: float | None,
+                evaluate: _Evaluator, block: int, min_block: int) -> _Samples:
+    """Prune the blocks, pick the nodes they need and query the SDF at those nodes."""
     corners, ext = _prune_blocks(grid, tree, band, lipschitz, evaluate, block, min_block)
     t_prune = time.perf_counter()
     nodes = _nodes_to_evaluate(grid, corners, ext, tree, band, dense=tree is None and lipschitz is None)
     t_nodes = time.perf_counter()
     values = evaluate.nodes(grid, nodes, desc="marching cubes: sdf")
     t_sdf = time.perf_counter()
+    return _Samples(corners=corners, nodes=nodes, values=values, t_prune=t_prune, t_nodes=t_nodes, t_sdf=t_sdf)
 
-    coarse = np.unique(corners // block, axis=0) if len(corners) else np.zeros((0, 3), np.int64)
-    vertices, faces = _mesh_blocks(grid, nodes, values, coarse, block)
-    n_off_surface = n_checked = 0
-    if off_surface_tolerance is not None and len(faces):
-        vertices, faces, n_off_surface, n_checked = _drop_off_surface(
-            grid, vertices, faces, evaluate, off_surface_tolerance, off_surface_near, off_surface_radius)
+
+def _require_surface(faces: np.ndarray, resolution: int, n_queries: int, values: np.ndarray) -> None:
+    """Fail when meshing left no triangle, with the SDF's range at the evaluated nodes ``values`` (N,):
+    an SDF that never changes sign there (wrong bounds, a collapsed network) shows in it."""
     if len(faces) == 0:
         raise PbidrError(
             f"marching cubes: no zero level set found at resolution {resolution} "
-            f"({evaluate.count} sdf queries; sdf range "
+            f"({n_queries} sdf queries; sdf range "
             f"{values.min() if len(values) else float('nan'):.3g} .. {values.max() if len(values) else float('nan'):.3g})"
         )
-    stats = {
-        "n_sdf_evals": int(evaluate.count), "dense_evals": int(np.prod(grid.nodes)),
-        **_stage_seconds(t0, t_prune, t_nodes, t_sdf),
-        "grid_shape": [int(x) for x in grid.nodes], "voxel_size": grid.voxel, "origin": grid.origin.tolist(),
-        "n_blocks": int(len(coarse)), "n_nodes": int(len(nodes)),
-        "n_faces_off_surface_dropped": n_off_surface, "n_vertices_off_surface_checked": n_checked,
-    }
-    return LevelSet(vertices=grid.position(vertices), faces=faces, stats=stats)
 
 
-def _stage_seconds(t0: float, t_prune: float, t_nodes: float, t_sdf: float) -> dict[str, float]:
+def _stage_seconds(t0: float, samples: _Samples) -> dict[str, float]:
     """The stats' timings: in all, then block pruning, node selection, SDF queries and meshing (to now)."""
     now = time.perf_counter()
-    return {"seconds": now - t0, "seconds_prune": t_prune - t0, "seconds_nodes": t_nodes - t_prune,
-            "seconds_sdf": t_sdf - t_nodes, "seconds_mesh": now - t_sdf}
+    return {"seconds": now - t0, "seconds_prune": samples.t_prune - t0,
+            "seconds_nodes": samples.t_nodes - samples.t_prune, "seconds_sdf": samples.t_sdf - samples.t_nodes,
+            "seconds_mesh": now - samples.t_sdf}
 
 
 def _compact(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
