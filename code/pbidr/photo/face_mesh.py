@@ -392,6 +392,24 @@ def _photo_info(image_path: Path, image: np.ndarray, landmarks: FaceLandmarks, p
     }
 
 
+def _mesh_and_notes(image: np.ndarray, image_path: Path, landmarks: FaceLandmarks, subdivide: int,
+                    interocular_mm: float) -> tuple[PhotoMesh, list[str]]:
+    """The photo's mesh and every warning about the face and its mesh (printed now; photo.json keeps them)."""
+    notes = _landmark_notes(image, image_path, landmarks)
+    photo_mesh = build_photo_mesh(image, landmarks, subdivide, interocular_mm)
+    if photo_mesh.still_folded:
+        notes.append(f"{photo_mesh.still_folded} triangles stay folded over in {image_path} (a strongly turned head?); "
+                     f"the texture repeats there")
+    for note in notes:
+        print(f"pbidr photo: warning: {note}", file=sys.stderr)
+    return photo_mesh, notes
+
+
+def _landmarks_caption(photo_mesh: PhotoMesh, subdivide: int) -> str:
+    return (f"{N_LANDMARKS} landmarks, {len(photo_mesh.base_faces)} triangles (orange: "
+            f"{int(photo_mesh.filled.sum())} close eyes, mouth); Loop x{subdivide}: {len(photo_mesh.mesh.faces):,}")
+
+
 def photo_to_raw(
     image_path: str | Path,
     output: str | Path,
@@ -410,21 +428,12 @@ def photo_to_raw(
     t_read = time.perf_counter()
     landmarks = detect_landmarks(image, image_path)
     t_detect = time.perf_counter()
-
-    notes = _landmark_notes(image, image_path, landmarks)
-    photo_mesh = build_photo_mesh(image, landmarks, subdivide, interocular_mm)
-    if photo_mesh.still_folded:
-        notes.append(f"{photo_mesh.still_folded} triangles stay folded over in {image_path} (a strongly turned head?); "
-                     f"the texture repeats there")
-    for note in notes:
-        print(f"pbidr photo: warning: {note}", file=sys.stderr)
-    mesh = photo_mesh.mesh
+    photo_mesh, notes = _mesh_and_notes(image, image_path, landmarks, subdivide, interocular_mm)
     t_mesh = time.perf_counter()
-    caption = (f"{N_LANDMARKS} landmarks, {len(photo_mesh.base_faces)} triangles (orange: "
-               f"{int(photo_mesh.filled.sum())} close eyes, mouth); Loop x{subdivide}: {len(mesh.faces):,}")
-    sheet = draw_landmarks(image, photo_mesh, caption)
+
+    sheet = draw_landmarks(image, photo_mesh, _landmarks_caption(photo_mesh, subdivide))
     with stage_output(output, "photo", overwrite) as tmp:
-        write_obj(tmp / "mesh.obj", mesh)
+        write_obj(tmp / "mesh.obj", photo_mesh.mesh)
         write_png(tmp / "landmarks.png", sheet)
         info = _photo_info(image_path, image, landmarks, photo_mesh, subdivide, interocular_mm, notes)
         t_write = time.perf_counter()

@@ -33,6 +33,36 @@ SCAN_MESH = "mesh.obj"
 
 
 @dataclass
+class _Input:
+    """The mesh as loaded and checked; ``warnings`` grows as later steps notice more, and all of them
+    go to meta.json."""
+
+    path: Path
+    mesh: TexturedMesh
+    warnings: list[str]
+    face_height: float  # along rig.up, in the mesh's units
+
+
+@dataclass
+class _Normalisation:
+    """The object's bounding sphere x ``margin``, which ``scale_mat`` maps the unit sphere onto."""
+
+    center: np.ndarray
+    radius: float
+    margin: float
+    scale_mat: np.ndarray
+
+    def meta(self) -> dict:
+        return {
+            "center": self.center.tolist(),
+            "radius": self.radius,
+            "margin": self.margin,
+            "scale_mat": self.scale_mat.tolist(),
+            "note": "scale_mat maps the normalised unit sphere onto the object's bounding sphere x margin",
+        }
+
+
+@dataclass
 class _Views:
     """What rendering the views left for the contact sheet and meta.json."""
 
@@ -42,10 +72,8 @@ class _Views:
     write_s: float
 
 
-def _load_checked(raw: str | Path, output: str | Path, rig: Rig, overwrite: bool, units: str | None
-                  ) -> tuple[Path, TexturedMesh, list[str], float]:
-    """Every argument checked, then the mesh: its path, the mesh, the load warnings (printed now) and the
-    face's height along ``rig.up``."""
+def _load_checked(raw: str | Path, output: str | Path, rig: Rig, overwrite: bool, units: str | None) -> _Input:
+    """Every argument checked, then the mesh, its load warnings (printed now) and its face height."""
     if units is not None and units not in MM_PER_UNIT:
         raise PbidrError(f"--units {units}: expected one of {', '.join(MM_PER_UNIT)}")
     rig.validate()
@@ -58,7 +86,12 @@ def _load_checked(raw: str | Path, output: str | Path, rig: Rig, overwrite: bool
         warnings.append(note)
     for w in warnings:
         print(f"pbidr preprocess: warning: {w}", file=sys.stderr)
-    return mesh_path, mesh, warnings, height
+    return _Input(path=mesh_path, mesh=mesh, warnings=warnings, face_height=height)
+
+
+def _normalisation(mesh: TexturedMesh, margin: float) -> _Normalisation:
+    center, radius = bounding_sphere(mesh.vertices)
+    return _Normalisation(center=center, radius=radius, margin=margin, scale_mat=scale_matrix(center, radius, margin))
 
 
 def _render_views(tmp: Path, backend, cameras: list, progress: bool) -> _Views:
@@ -104,6 +137,39 @@ def _write_views_sheet(tmp: Path, thumbs: list[np.ndarray], rig: Rig) -> None:
     write_png(tmp / "views.png", contact_sheet(rows, labels, cell=min(256, thumbs[0].shape[0])))
 
 
+def _mesh_meta(tmp: Path, mesh: TexturedMesh) -> dict:
+    """meta.json's record of the scan's mesh.obj (as written, so its hash is the file's)."""
+    return {
+        "vertices": int(len(mesh.vertices)),
+        "faces": int(len(mesh.faces)),
+        "textured": bool(mesh.has_texture),
+        "vertex_colors": mesh.vertex_colors is not None,
+        "texture_size": list(mesh.texture.shape[:2]) if mesh.texture is not None else None,
+        "file": SCAN_MESH,
+        "sha256": file_sha256(tmp / SCAN_MESH),
+    }
+
+
+def _scan_meta(tmp: Path, source: _Input, scan_mesh: TexturedMesh, frame: _Normalisation, rig: Rig, cameras: list,
+               renderer_name: str, units: str | None, views: _Views, timings: dict) -> dict:
+    """meta.json: where the scan came from, its frame, rig, units, renderer, warnings and timings."""
+    return {
+        "pbidr_version": __version__,
+        "input": str(Path(source.path).resolve()),
+        "mesh": _mesh_meta(tmp, scan_mesh),
+        "normalisation": frame.meta(),
+        "rig": dataclasses.asdict(rig) | {"angles_yaw_pitch_deg": rig.angles()},
+        "units": {"unit": units or "mm", "declared": units is not None, "face_height": source.face_height,
+                  "mm_per_unit": MM_PER_UNIT[units or "mm"]},
+        "n_views": len(cameras),
+        "image_size": [cameras[0].height, cameras[0].width],
+        "renderer": renderer_name,
+        "warnings": source.warnings,
+        "mask_coverage": views.coverage,
+        "timings": timings,
+    }
+
+
 def preprocess(
     raw: str | Path,
     output: str | Path,
@@ -121,48 +187,19 @@ def preprocess(
     and warns when the face is not 100-300 units tall. An existing scan is replaced only with
     ``overwrite``; any other non-empty folder is refused."""
     t0 = time.perf_counter()
-    mesh_path, mesh, warnings, height = _load_checked(raw, output, rig, overwrite, units)
+    source = _load_checked(raw, output, rig, overwrite, units)
     timings = {"load_s": time.perf_counter() - t0}
 
-    center, radius = bounding_sphere(mesh.vertices)
-    scale_mat = scale_matrix(center, radius, margin)
+    frame = _normalisation(source.mesh, margin)
     cameras = rig.cameras()
-    backend = make_renderer(renderer, mesh, scale_mat, device=device)
+    backend = make_renderer(renderer, source.mesh, frame.scale_mat, device=device)
 
     with stage_output(Path(output), "preprocess", overwrite) as tmp:
         views = _render_views(tmp, backend, cameras, progress)
-        save_npz(tmp / "cameras.npz", **cameras_npz_arrays(cameras, scale_mat))
-        mesh = _write_scan_mesh(tmp, mesh, warnings)
+        save_npz(tmp / "cameras.npz", **cameras_npz_arrays(cameras, frame.scale_mat))
+        scan_mesh = _write_scan_mesh(tmp, source.mesh, source.warnings)
         _write_views_sheet(tmp, views.thumbs, rig)
         timings.update(render_s=views.render_s, write_s=views.write_s, total_s=time.perf_counter() - t0)
-        meta = {
-            "pbidr_version": __version__,
-            "input": str(Path(mesh_path).resolve()),
-            "mesh": {
-                "vertices": int(len(mesh.vertices)),
-                "faces": int(len(mesh.faces)),
-                "textured": bool(mesh.has_texture),
-                "vertex_colors": mesh.vertex_colors is not None,
-                "texture_size": list(mesh.texture.shape[:2]) if mesh.texture is not None else None,
-                "file": SCAN_MESH,
-                "sha256": file_sha256(tmp / SCAN_MESH),
-            },
-            "normalisation": {
-                "center": center.tolist(),
-                "radius": radius,
-                "margin": margin,
-                "scale_mat": scale_mat.tolist(),
-                "note": "scale_mat maps the normalised unit sphere onto the object's bounding sphere x margin",
-            },
-            "rig": dataclasses.asdict(rig) | {"angles_yaw_pitch_deg": rig.angles()},
-            "units": {"unit": units or "mm", "declared": units is not None, "face_height": height,
-                      "mm_per_unit": MM_PER_UNIT[units or "mm"]},
-            "n_views": len(cameras),
-            "image_size": [cameras[0].height, cameras[0].width],
-            "renderer": backend.name,
-            "warnings": warnings,
-            "mask_coverage": views.coverage,
-            "timings": timings,
-        }
+        meta = _scan_meta(tmp, source, scan_mesh, frame, rig, cameras, backend.name, units, views, timings)
         write_json(tmp / "meta.json", meta)
     return meta

@@ -356,22 +356,58 @@ _FILES = {
 }
 
 
-def _write_sample_files(tmp: Path, mesh: TexturedMesh, detailed: TexturedMesh, disp: np.ndarray,
-                        fields: TexelFields) -> None:
+@dataclass
+class _Sample:
+    """The sample before it is written: the coarse textured mesh, the ground truth (the detailed mesh
+    and its per-vertex displacement) and the per-texel fields behind the texture."""
+
+    mesh: TexturedMesh
+    detailed: TexturedMesh
+    displacement: np.ndarray  # (V,) mm along the coarse vertex normals
+    fields: TexelFields
+    bounding_box_mm: tuple[tuple[float, float, float], tuple[float, float, float]]
+
+
+def _checked_grid(grid: tuple[int, int] | None, texture_size: int) -> tuple[int, int]:
+    nu, nv = grid if grid is not None else DEFAULT_GRID
+    if nu < 2 or nv < 2 or texture_size < 8:
+        raise ValueError(f"sample grid {nu}x{nv} / texture size {texture_size} too small")
+    return nu, nv
+
+
+def _build_sample(nu: int, nv: int, texture_size: int, seed: int) -> _Sample:
+    """The coarse mesh on an (nu, nv) vertex grid whose UVs are the grid parameter, textured with the
+    detailed surface's shading, and the truth: its vertices moved along the mesh's vertex normals."""
+    gu, gv = np.meshgrid(np.linspace(0.0, 1.0, nu), np.linspace(0.0, 1.0, nv))
+    uv = np.stack([gu.reshape(-1), gv.reshape(-1)], axis=1)
+    vertices = coarse_surface(uv[:, 0], uv[:, 1])
+    faces = grid_faces(nu, nv)
+
+    fields = texel_fields(texture_size, seed)
+    texture = _to_uint8(fields.albedo * fields.shading[..., None])
+    mesh = TexturedMesh(vertices, faces, uv=uv, face_uv=faces, texture=texture)
+
+    disp = displacement_uv(uv[:, 0], uv[:, 1], seed)
+    detailed = mesh.with_vertices(vertices + disp[:, None] * mesh.vertex_normals())
+    bbox = (tuple(float(x) for x in vertices.min(0)), tuple(float(x) for x in vertices.max(0)))
+    return _Sample(mesh=mesh, detailed=detailed, displacement=disp, fields=fields, bounding_box_mm=bbox)
+
+
+def _write_sample_files(tmp: Path, sample: _Sample) -> None:
     """The meshes, the truth's displacement and the UV images (everything but sample.json)."""
-    write_obj(tmp / "mesh.obj", mesh)
-    write_obj(tmp / "gt_detailed.obj", detailed, texture_name="mesh.png", write_texture=False)
-    save_npy(tmp / "gt_displacement.npy", disp)
-    save_npy(tmp / "gt_displacement_uv.npy", fields.displacement.astype(np.float32))
-    Image.fromarray(_to_uint8(fields.albedo)).save(tmp / "albedo.png")
-    Image.fromarray(fields.marks.astype(np.uint8) * 255).save(tmp / "albedo_marks_uv.png")
-    Image.fromarray(fields.region.astype(np.uint8) * 255).save(tmp / "face_region_uv.png")
+    write_obj(tmp / "mesh.obj", sample.mesh)
+    write_obj(tmp / "gt_detailed.obj", sample.detailed, texture_name="mesh.png", write_texture=False)
+    save_npy(tmp / "gt_displacement.npy", sample.displacement)
+    save_npy(tmp / "gt_displacement_uv.npy", sample.fields.displacement.astype(np.float32))
+    Image.fromarray(_to_uint8(sample.fields.albedo)).save(tmp / "albedo.png")
+    Image.fromarray(sample.fields.marks.astype(np.uint8) * 255).save(tmp / "albedo_marks_uv.png")
+    Image.fromarray(sample.fields.region.astype(np.uint8) * 255).save(tmp / "face_region_uv.png")
 
 
-def _sample_json(seed: int, grid: tuple[int, int], texture_size: int, vertices: np.ndarray, faces: np.ndarray,
-                 fields: TexelFields, bbox, disp: np.ndarray) -> dict:
+def _sample_json(seed: int, grid: tuple[int, int], texture_size: int, sample: _Sample) -> dict:
     """sample.json: how the sample was made, its sizes and the truth's parameters."""
     nu, nv = grid
+    disp = sample.displacement
     return {
         "generator": "pbidr.preprocess.sample.make_sample",
         "seed": int(seed),
@@ -380,10 +416,10 @@ def _sample_json(seed: int, grid: tuple[int, int], texture_size: int, vertices: 
         "up": [0.0, 1.0, 0.0],
         "grid": [nu, nv],
         "texture_size": texture_size,
-        "n_vertices": len(vertices),
-        "n_faces": len(faces),
-        "n_freckles": fields.n_freckles,
-        "bounding_box_mm": bbox,
+        "n_vertices": len(sample.mesh.vertices),
+        "n_faces": len(sample.mesh.faces),
+        "n_freckles": sample.fields.n_freckles,
+        "bounding_box_mm": sample.bounding_box_mm,
         "uv_convention": "OBJ: v = 0 is the bottom row of every *_uv image and of mesh.png",
         "face_plane_mm": "px = (u - 0.5) * 150, py = (v - 0.5) * 200",
         "light_direction": list(LIGHT_DIRECTION),
@@ -401,6 +437,25 @@ def _sample_json(seed: int, grid: tuple[int, int], texture_size: int, vertices: 
     }
 
 
+def _sample_info(output_dir: Path, seed: int, grid: tuple[int, int], texture_size: int, sample: _Sample,
+                 start: float) -> SampleInfo:
+    files = {role: output_dir / name for role, (name, _) in _FILES.items()}
+    files["mtl"] = output_dir / "mesh.mtl"
+    return SampleInfo(
+        output_dir=output_dir,
+        seed=int(seed),
+        grid=grid,
+        texture_size=texture_size,
+        n_vertices=len(sample.mesh.vertices),
+        n_faces=len(sample.mesh.faces),
+        n_freckles=sample.fields.n_freckles,
+        displacement_range_mm=(float(sample.displacement.min()), float(sample.displacement.max())),
+        bounding_box_mm=sample.bounding_box_mm,
+        seconds=time.perf_counter() - start,
+        files=files,
+    )
+
+
 def make_sample(
     output_dir: str | Path,
     seed: int = 0,
@@ -415,41 +470,12 @@ def make_sample(
     (``pbidr.utils.outputs``); any other non-empty folder is refused.
     """
     start = time.perf_counter()
-    nu, nv = grid if grid is not None else DEFAULT_GRID
-    if nu < 2 or nv < 2 or texture_size < 8:
-        raise ValueError(f"sample grid {nu}x{nv} / texture size {texture_size} too small")
+    nu, nv = _checked_grid(grid, texture_size)
     output_dir = Path(output_dir)
     check_output(output_dir, "sample", overwrite)
 
-    gu, gv = np.meshgrid(np.linspace(0.0, 1.0, nu), np.linspace(0.0, 1.0, nv))
-    uv = np.stack([gu.reshape(-1), gv.reshape(-1)], axis=1)
-    vertices = coarse_surface(uv[:, 0], uv[:, 1])
-    faces = grid_faces(nu, nv)
-
-    fields = texel_fields(texture_size, seed)
-    texture = _to_uint8(fields.albedo * fields.shading[..., None])
-    mesh = TexturedMesh(vertices, faces, uv=uv, face_uv=faces, texture=texture)
-
-    disp = displacement_uv(uv[:, 0], uv[:, 1], seed)
-    detailed = mesh.with_vertices(vertices + disp[:, None] * mesh.vertex_normals())
-    bbox = (tuple(float(x) for x in vertices.min(0)), tuple(float(x) for x in vertices.max(0)))
-
+    sample = _build_sample(nu, nv, texture_size, seed)
     with stage_output(output_dir, "sample", overwrite, seed=int(seed)) as tmp:
-        _write_sample_files(tmp, mesh, detailed, disp, fields)
-        write_json(tmp / "sample.json", _sample_json(seed, (nu, nv), texture_size, vertices, faces, fields, bbox, disp))
-
-    files = {role: output_dir / name for role, (name, _) in _FILES.items()}
-    files["mtl"] = output_dir / "mesh.mtl"
-    return SampleInfo(
-        output_dir=output_dir,
-        seed=int(seed),
-        grid=(nu, nv),
-        texture_size=texture_size,
-        n_vertices=len(vertices),
-        n_faces=len(faces),
-        n_freckles=fields.n_freckles,
-        displacement_range_mm=(float(disp.min()), float(disp.max())),
-        bounding_box_mm=bbox,
-        seconds=time.perf_counter() - start,
-        files=files,
-    )
+        _write_sample_files(tmp, sample)
+        write_json(tmp / "sample.json", _sample_json(seed, (nu, nv), texture_size, sample))
+    return _sample_info(output_dir, seed, (nu, nv), texture_size, sample, start)
