@@ -60,22 +60,24 @@ class RegulariserSampler:
     def __call__(self, out: ModelOutput) -> RegulariserSamples:
         """The residual's local mean around the coarse-mesh hits, then the albedo's change over a random
         tangent step at the surface points."""
-        geo, surface = out.geometry, out.surface_mask
+        geo = out.geometry
         lowpass = self.residual_lowpass(geo.mesh_points, geo.mesh_normals)
-        albedo_step = self.albedo_step(out.points[surface], out.normals[surface].detach(), out.albedo[surface],
-                                       out.surface_features)
-        return RegulariserSamples(residual_lowpass=lowpass, albedo_step=albedo_step)
+        return RegulariserSamples(residual_lowpass=lowpass, albedo_step=self.albedo_step(out))
 
-    def albedo_step(self, points: torch.Tensor, normals: torch.Tensor, albedo: torch.Tensor,
-                    features: torch.Tensor) -> torch.Tensor:
-        """Albedo (K, 3) at the surface ``points`` (K, 3) (unit ``normals``, detached ``features`` (K, F))
-        minus the albedo a step along a random tangent away."""
+    def albedo_step(self, out: ModelOutput) -> torch.Tensor:
+        """Albedo (K, 3) at the K surface points minus the albedo a step along a random tangent away (the
+        SDF normal's tangent plane, the same detached features). The surface rows are gathered only
+        when the prior is on: the training step's default path does no work here."""
         step = self.sampling.albedo_smoothness_step
-        if not step > 0 or points.shape[0] == 0:
+        if not step > 0:
+            return out.albedo.new_zeros(0, 3)
+        surface = out.surface_mask
+        points, normals, albedo = out.points[surface], out.normals[surface].detach(), out.albedo[surface]
+        if points.shape[0] == 0:
             return albedo.new_zeros(0, 3)
         direction = F.normalize(torch.randn_like(points), dim=-1)
         tangent = F.normalize(direction - (direction * normals).sum(-1, keepdim=True) * normals, dim=-1)
-        return albedo - self.model.albedo_at(points + step * tangent, features)
+        return albedo - self.model.albedo_at(points + step * tangent, out.surface_features)
 
     def residual_lowpass(self, points: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
         """Local mean of the residual around up to ``residual_lowpass_points`` of ``points`` (P, 3) on the
