@@ -27,7 +27,7 @@ from pbidr.evaluation.score import (
 )
 from pbidr.io.load import load_mesh
 from pbidr.io.obj import write_obj, write_ply
-from pbidr.preprocess.sample import face_plane, make_sample
+from pbidr.preprocess.sample import Face, face_plane, make_sample
 
 KEYS = ["mesh", "sample", "region", "n_vertices", "normal_error_deg", "coarse_normal_error_deg",
         "normal_error_ratio", "displacement_correlation", "displacement_rms_mm", "albedo_leak", "seconds"]
@@ -85,17 +85,21 @@ def test_projection_is_the_closest_point_of_the_mesh(sample):
     np.testing.assert_allclose(own.point, coarse.vertices, atol=1e-9)
 
 
-def test_detailed_normal_is_the_central_difference_normal():
+@pytest.mark.parametrize("preset", ["classic", "everything"])
+def test_detailed_normal_is_the_central_difference_normal(preset):
+    from pbidr.preprocess.conditions import conditions_for
+
+    face = Face(conditions_for(preset), seed=0)  # "everything": pores, wrinkles, folds and a misfit
     rng = np.random.default_rng(2)
     u, v = rng.uniform(0.1, 0.9, 2000), rng.uniform(0.1, 0.9, 2000)
     px, py = face_plane(u, v)
     away = np.minimum(np.hypot(px - 50, py - 11), np.hypot(px + 50, py - 11)) > 1.0  # crow's-feet centres are singular
     h = 1e-5
-    su = detailed_surface(u + h, v, 0) - detailed_surface(u - h, v, 0)
-    sv = detailed_surface(u, v + h, 0) - detailed_surface(u, v - h, 0)
+    su = detailed_surface(u + h, v, face) - detailed_surface(u - h, v, face)
+    sv = detailed_surface(u, v + h, face) - detailed_surface(u, v - h, face)
     expected = np.cross(su, sv)
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-    got = detailed_normal(u, v, 0)
+    got = detailed_normal(u, v, face)
     angle = np.degrees(np.arccos(np.clip(np.sum(got * expected, axis=1), -1, 1)))
     assert angle[away].max() < 1e-3
     assert np.all(got[:, 2] > 0)  # outward: the face looks toward +z

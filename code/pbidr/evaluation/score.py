@@ -22,18 +22,20 @@ Metrics.
 
 * ``normal_error_deg``: angle between MESH's area-weighted vertex normal and the true detailed
   surface's normal at (u, v); mean and median in degrees. The true surface is
-  ``S(u, v) = coarse_surface(u, v) + displacement_uv(u, v, seed) coarse_normal(u, v)`` (seed from
-  sample.json) and its normal ``S_u x S_v`` comes from central differences with step 1e-5 in (u, v)
+  ``S(u, v) = C(u, v) + D(u, v) N(u, v)``, with ``Face(conditions, seed)`` from sample.json
+  (``pbidr.preprocess.face_model``): C its ``coarse_surface`` (the mesh the method was given, off the
+  surface the texture was shaded on by the sample's misfit, if any: the misfit is not detail and is
+  not asked for), N that surface's normal and D its ``displacement``; the normal ``S_u x S_v`` comes from central differences with step 1e-5 in (u, v)
   (about 2 micrometres). MESH's normals are flipped as a whole when they mostly point into the face
   (marching cubes may wind the other way); single flipped normals still count as errors.
 * ``coarse_normal_error_deg``: the same for the sample's coarse ``mesh.obj``, scored the same way;
   ``normal_error_ratio = mean(MESH) / mean(coarse)``: 1 for the coarse mesh, < 1 is better.
 * ``displacement_correlation``: Pearson correlation of d with the true displacement
-  ``displacement_uv(u, v, seed)``. When d has (numerically) zero variance, std < 1e-6 mm, as for
+  D(u, v). When d has (numerically) zero variance, std < 1e-6 mm, as for
   the coarse mesh itself, it is defined as 0: the mesh predicts nothing.
-  ``displacement_rms_mm``: RMS of ``d - displacement_uv``.
+  ``displacement_rms_mm``: RMS of ``d - D``.
 * ``albedo_leak``: how much of MESH's error follows the freckles, which are marks in the albedo only
-  and must not become geometry. Take the residual ``r = d - displacement_uv(u, v)`` and its
+  and must not become geometry. Take the residual ``r = d - D(u, v)`` and its
   high-pass ``r_hp = r - G(r)``, G the Gaussian-weighted local mean (sigma ``LEAK_SIGMA_MM`` = 3 mm
   in the face plane) over the scored vertices, so smooth errors (an offset, a missed fold's broad
   part) do not count. Freckle vertices: (u, v) on a freckle texel of ``albedo_marks_uv.png``
@@ -45,6 +47,8 @@ Metrics.
   (the coarse mesh, the true detailed mesh; an exact mesh's tiny residual may give less), much
   larger when the surface dents or bumps where the albedo is dark. NaN (written "nan") when no
   freckle vertex is scored. ``albedo_leak_vertices`` counts the freckle and control vertices.
+  The marks are every kind in ``albedo_marks_uv.png``; ``albedo_leak_by_kind`` gives the same per
+  kind (``marks_KIND_uv.png``; control ring: 1-4 mm from that kind and at least 1 mm from any mark).
 
 ``seconds`` is the wall time of the call. The coarse mesh's numbers are cached per sample folder
 within a process.
@@ -58,7 +62,7 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +117,9 @@ def load_geometry(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class SampleTruth:
-    """What scoring needs from a sample folder: the coarse mesh (with UVs and normals), the seed of
-    the analytic detail, the freckle mask (H, W) bool and the control ring around it (H, W) bool."""
+    """What scoring needs from a sample folder: the coarse mesh (with UVs and normals), the analytic
+    face (its conditions and seed), the mark mask (H, W) bool (every kind) and the control ring around
+    it (H, W) bool, and the same pair per mark kind (``kinds``)."""
 
     folder: Path
     seed: int
@@ -122,12 +127,17 @@ class SampleTruth:
     coarse_normals: np.ndarray
     marks: np.ndarray
     control: np.ndarray
+    face: face_sample.Face = None
+    kinds: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.face is None:
+            self.face = face_sample.Face(seed=self.seed)
 
 
 def load_sample(sample_dir: str | Path) -> SampleTruth:
-    """Read ``sample.json``, ``mesh.obj`` and ``albedo_marks_uv.png`` of a ``pbidr sample`` folder."""
-    from scipy import ndimage
-
+    """Read ``sample.json``, ``mesh.obj`` and the mark masks (``albedo_marks_uv.png``, ``marks_KIND_uv.png``)
+    of a ``pbidr sample`` folder."""
     folder = Path(sample_dir)
     info_path = folder / "sample.json"
     if not info_path.is_file():
@@ -141,20 +151,44 @@ def load_sample(sample_dir: str | Path) -> SampleTruth:
     coarse = load_mesh(folder / "mesh.obj")
     if coarse.uv is None or coarse.face_uv is None:
         raise PbidrError(f"{folder / 'mesh.obj'}: the coarse mesh has no texture coordinates")
-    marks_path = folder / "albedo_marks_uv.png"
-    if not marks_path.is_file():
-        raise PbidrError(f"{marks_path}: freckle mask not found")
+    marks = _read_mask(folder / "albedo_marks_uv.png", "mark mask")
     try:
-        marks = np.asarray(Image.open(marks_path).convert("L")) > 127
+        conditions = face_sample.FaceConditions.from_dict(info.get("conditions"))
+    except PbidrError as exc:
+        raise PbidrError(f"{info_path}: conditions: {exc}") from None
+    to_any = _distance_mm(marks)
+    kinds = {}
+    for kind in face_sample.MARK_KINDS:
+        path = folder / face_sample.MARK_FILE.format(kind)
+        if getattr(conditions.marks, kind) > 0 and path.is_file():
+            mask = _read_mask(path, f"{kind} mark mask")
+            kinds[kind] = (mask, _control_ring(_distance_mm(mask), to_any))
+    return SampleTruth(folder, int(info["seed"]), coarse, coarse.vertex_normals(), marks,
+                       _control_ring(to_any, to_any), face_sample.Face(conditions, int(info["seed"])), kinds)
+
+
+def _read_mask(path: Path, what: str) -> np.ndarray:
+    if not path.is_file():
+        raise PbidrError(f"{path}: {what} not found")
+    try:
+        return np.asarray(Image.open(path).convert("L")) > 127
     except OSError as exc:
-        raise PbidrError(f"{marks_path}: unreadable image ({exc})") from None
-    h, w = marks.shape
-    # Distance (face-plane mm) of every texel to the nearest freckle texel.
-    to_mark = ndimage.distance_transform_edt(
-        ~marks, sampling=(face_sample.FACE_HEIGHT_MM / h, face_sample.FACE_WIDTH_MM / w)
-    ) if marks.any() else np.full(marks.shape, np.inf)
-    control = (to_mark >= CONTROL_RING_MM[0]) & (to_mark <= CONTROL_RING_MM[1])
-    return SampleTruth(folder, int(info["seed"]), coarse, coarse.vertex_normals(), marks, control)
+        raise PbidrError(f"{path}: unreadable image ({exc})") from None
+
+
+def _distance_mm(mask: np.ndarray) -> np.ndarray:
+    """Distance (face-plane mm) of every texel to the nearest texel of ``mask`` (inf when it is empty)."""
+    from scipy import ndimage
+
+    h, w = mask.shape
+    if not mask.any():
+        return np.full(mask.shape, np.inf)
+    return ndimage.distance_transform_edt(~mask, sampling=(face_sample.FACE_HEIGHT_MM / h, face_sample.FACE_WIDTH_MM / w))
+
+
+def _control_ring(to_kind: np.ndarray, to_any: np.ndarray) -> np.ndarray:
+    """Control texels of a mark kind: 1 to 4 mm from its marks and at least 1 mm from any mark."""
+    return (to_kind >= CONTROL_RING_MM[0]) & (to_kind <= CONTROL_RING_MM[1]) & (to_any >= CONTROL_RING_MM[0])
 
 
 # ----------------------------------------------------------------------------- closest points
@@ -239,10 +273,10 @@ def _cores() -> int:
 
 # ----------------------------------------------------------------------------- the true surface
 
-def detailed_surface(u: np.ndarray, v: np.ndarray, seed: int) -> np.ndarray:
-    """The sample's true detailed surface (N, 3) in mm at texture coordinates (u, v) (N,)."""
-    d = face_sample.displacement_uv(u, v, seed)
-    return face_sample.coarse_surface(u, v) + d[:, None] * face_sample.coarse_normal(u, v)
+def detailed_surface(u: np.ndarray, v: np.ndarray, face: face_sample.Face) -> np.ndarray:
+    """The sample's true detailed surface (N, 3) in mm at texture coordinates (u, v) (N,): the given coarse
+    surface plus the detail along its normal."""
+    return face.coarse_surface(u, v) + face.displacement(u, v)[:, None] * face.coarse_normal(u, v)
 
 
 # Offsets (in steps) of the 13-point stencil of detailed_normal: the centre, the four points where
@@ -251,7 +285,7 @@ _STENCIL = np.array([(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (2, 0), (-2, 0), 
                      (1, 1), (1, -1), (-1, 1), (-1, -1)], dtype=np.float64)
 
 
-def detailed_normal(u: np.ndarray, v: np.ndarray, seed: int, step: float = NORMAL_STEP_UV) -> np.ndarray:
+def detailed_normal(u: np.ndarray, v: np.ndarray, face: face_sample.Face, step: float = NORMAL_STEP_UV) -> np.ndarray:
     """Unit outward normals (N, 3) of ``detailed_surface`` at (u, v) (N,): ``S_u x S_v`` by central
     differences of step ``step`` in u and v.
 
@@ -262,8 +296,8 @@ def detailed_normal(u: np.ndarray, v: np.ndarray, seed: int, step: float = NORMA
     n = len(u)
     su = (u[None, :] + step * _STENCIL[:, :1]).reshape(-1)
     sv = (v[None, :] + step * _STENCIL[:, 1:]).reshape(-1)
-    c = face_sample.coarse_surface(su, sv).reshape(len(_STENCIL), n, 3)
-    d = face_sample.displacement_uv(su[n:5 * n], sv[n:5 * n], seed).reshape(4, n, 1)
+    c = face.coarse_surface(su, sv).reshape(len(_STENCIL), n, 3)
+    d = face.displacement(su[n:5 * n], sv[n:5 * n]).reshape(4, n, 1)
 
     def unit(x):
         return x / np.linalg.norm(x, axis=-1, keepdims=True)
@@ -315,7 +349,7 @@ def score_vertices(vertices: np.ndarray, faces: np.ndarray, truth: SampleTruth) 
 
     def truth_at(sl: slice) -> tuple[np.ndarray, np.ndarray]:
         u, v = uv[sl, 0], uv[sl, 1]
-        return detailed_normal(u, v, truth.seed), face_sample.displacement_uv(u, v, truth.seed)
+        return detailed_normal(u, v, truth.face), truth.face.displacement(u, v)
 
     parts = _map_chunks(truth_at, len(uv), _CHUNK // 4)
     true_normals = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 3))
@@ -361,16 +395,18 @@ def local_mean(px: np.ndarray, py: np.ndarray, values: np.ndarray, weights: np.n
     return mean, np.where(total > 1e-12, total, 0.0)
 
 
-def albedo_leak(scores: VertexScores, truth: SampleTruth) -> tuple[float, int, int]:
-    """(leak, freckle vertices compared, control vertices): see the module docstring."""
+def albedo_leak(scores: VertexScores, truth: SampleTruth, kind: str | None = None) -> tuple[float, int, int]:
+    """(leak, mark vertices compared, control vertices): see the module docstring. ``kind``: one mark
+    kind's marks and control ring (default: every mark)."""
     if len(scores.uv) == 0:
         return math.nan, 0, 0
     px, py = face_sample.face_plane(scores.uv[:, 0], scores.uv[:, 1])
     residual = scores.displacement - scores.true_displacement
     smooth, _ = local_mean(px, py, residual, np.ones_like(residual))
     high = np.abs(residual - smooth)
-    freckle = _pixel(truth.marks, scores.uv)
-    control = _pixel(truth.control, scores.uv)
+    marks, ring = (truth.marks, truth.control) if kind is None else truth.kinds[kind]
+    freckle = _pixel(marks, scores.uv)
+    control = _pixel(ring, scores.uv)
     around, weight = local_mean(px, py, high, control.astype(np.float64))
     compared = freckle & (weight > 0)
     if not compared.any():
@@ -426,7 +462,7 @@ def ceiling_vertices(vertices: np.ndarray, truth: SampleTruth) -> np.ndarray:
     uv = np.einsum("ij,ijk->ik", bary, coarse.uv[coarse.face_uv[face]])
     n = np.einsum("ij,ijk->ik", bary, truth.coarse_normals[coarse.faces[face]])
     n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-    d = face_sample.displacement_uv(uv[:, 0], uv[:, 1], truth.seed)
+    d = truth.face.displacement(uv[:, 0], uv[:, 1])
     out[ok] = proj.point[ok] + d[:, None] * n
     return out
 
@@ -477,6 +513,7 @@ def score_mesh(mesh_path: str | Path, sample_dir: str | Path, ceiling: bool = Tr
         "displacement_rms_mm": float(np.sqrt(np.mean(residual**2))),
         "albedo_leak": leak,
         "albedo_leak_vertices": {"freckle": n_freckle, "control": n_control},
+        "albedo_leak_by_kind": {k: albedo_leak(scores, truth, k)[0] for k in truth.kinds},
         "seconds": time.perf_counter() - start,
     }
     return json_safe(result)
