@@ -202,7 +202,9 @@ def test_every_flag_of_every_subcommand(world, tmp_path, capsys):
     flags_done: set[tuple[str, str]] = set()
     t_all = time.perf_counter()
     for sub, action in _actions(cli.build_parser()):
-        base = _base(world, new)[sub]
+        bases = _base(world, new)
+        assert sub in bases, f"pbidr {sub}: no valid command line to start from; add one to _base"
+        base = bases[sub]
         if action.nargs == 0:  # store_true and friends: a value given to them is the bad input
             opt = rng.choice([o for o in action.option_strings if o.startswith("--")])
             values = [(opt, None, f"{opt}={_garbage(rng)}")]
