@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `pbidr batch` benchmark: 4 built-in samples through the local engine and the Ray engine, in one run
-# (python -m pbidr.batch.bench; writes bench/batch.json and prints a markdown table with the matmul rate).
+# (pbidr bench batch; writes bench/batch.json and prints a markdown table with the matmul rate).
 #   --quick          2 subjects, 30 iterations (a smoke run)
-#   other flags go to the benchmark (--subjects N --iters N --res N --gpus 1,0.5 --workdir DIR --json FILE)
+#   other flags go to the benchmark (--subjects N --iters N --res N --gpus 1,0.5 --device D --workdir DIR --json FILE)
 # Each run needs a fresh --workdir (default bench/batch-<date-time>).
 # --help before _env.sh: printing help must not create or install the venv
 for a in "$@"; do case "$a" in -h|--help) sed -n '2,6p' "$0"; exit 0 ;; esac; done
@@ -15,4 +15,4 @@ for a in "$@"; do
         *) ARGS+=("$a") ;;
     esac
 done
-exec "$PY" -m pbidr.batch.bench "${ARGS[@]}"
+exec pbidr bench batch "${ARGS[@]}"

@@ -1,17 +1,30 @@
-"""`script/benchmark.sh --quick` (pbidr bench all --quick) runs and writes every key."""
+"""`pbidr bench VERB`: `script/benchmark.sh --quick` (pbidr bench all --quick) runs and writes every key;
+every verb has its --help, takes --device and refuses a bad one in one line, and stays light to parse."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
-from pbidr.bench import markdown, run_all
+import pytest
+import torch
+
+from pbidr.bench.suite import markdown, run_all
+from pbidr.commands import main as cli
+from pbidr.commands.bench import VERBS
+
+CODE = Path(__file__).resolve().parents[1]
+# what a verb needs besides --device to pass its checks (the rest has defaults)
+REQUIRED = {"quality": ["-o", "{tmp}/q"], "texel": ["-o", "{tmp}/t"]}
 
 
 def test_quick_benchmark_writes_every_key(tmp_path):
     out = tmp_path / "results.json"
-    results = run_all(tmp_path, out, quick=True, progress=False)
+    results = run_all(out, quick=True, progress=False)
     saved = json.loads(out.read_text())
     for key in ("machine", "e2e", "render", "eval", "train_speed", "quality", "date", "quick"):
         assert key in saved, key
-    assert saved["machine"]["matmul_gflop_s"] > 0
+    assert saved["machine"]["matmul_gflop_s"] > 0 and saved["machine"]["device"] == "cpu"
     for key in ("sample_s", "preprocess_s", "train_s", "eval_s", "total_s"):
         assert saved["e2e"][key] > 0
     assert saved["render"]["render_s_median"] > 0
@@ -45,20 +58,59 @@ def test_line_chart_draws_each_series_in_its_colour_on_a_log_axis():
 
 
 def test_texel_bench_reference_points_from_a_spec_and_from_a_quality_report(tmp_path):
-    import pytest
+    import argparse
 
-    from pbidr.bench_texel import reference_points
+    from pbidr.bench.texel import _reference, reference_points
 
     results = [{"seed": 0, "oracle": False, "coarse": {"ceiling": 0.5}}]
-    assert reference_points("ray/MLP=276:-0.01,474:0.01", results) == ("ray/MLP", [(276.0, -0.01), (474.0, 0.01)])
+    spec = _reference("ray/MLP=276:-0.01,474:0.01")
+    assert reference_points(spec, results) == ("ray/MLP", [(276.0, -0.01), (474.0, 0.01)])
     report = {"runs": {"full/0": {"variant": "full", "seed": 0, "s_per_iter": 0.2,
                                   "curve": [{"step": 100, "normal_error_ratio": 0.9},
                                             {"step": 200, "normal_error_ratio": 0.8}]}}}
     path = tmp_path / "mlp" / "quality.json"
     path.parent.mkdir()
     path.write_text(json.dumps(report))
-    label, points = reference_points(str(path), results)
+    label, points = reference_points(_reference(str(path)), results)
     assert label == "mlp (ray/MLP)"
     assert points == [(pytest.approx(20.0), pytest.approx(0.2)), (pytest.approx(40.0), pytest.approx(0.4))]
-    with pytest.raises(SystemExit, match="neither a file"):
-        reference_points("nothing-here", results)
+    for bad in ("nothing-here", "label=", "label=12:x"):  # refused while the command line is read
+        with pytest.raises(argparse.ArgumentTypeError, match="neither a file"):
+            _reference(bad)
+
+
+def test_every_bench_verb_has_help_and_takes_device(tmp_path, capsys, monkeypatch):
+    """Each verb: --help works; --device cpu reaches its main as a torch.device; a bad device stops with
+    one line naming the verb and --device, before its main runs."""
+    assert {"all", "render", "quality", "texel", "batch"} <= set(VERBS)
+    for verb, (module, _) in VERBS.items():
+        assert cli.main(["bench", verb, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: pbidr bench {verb} ") and "--device" in out, verb
+        seen = []
+        monkeypatch.setattr(module, "main", lambda args: seen.append(args.device) or 0)
+        required = [a.format(tmp=tmp_path) for a in REQUIRED.get(verb, [])]
+        assert cli.main(["bench", verb, *required, "--device", "cpu"]) == 0, capsys.readouterr().err
+        assert seen == [torch.device("cpu")], verb
+        for bad in ("gpu", "cuda:x"):
+            assert cli.main(["bench", verb, *required, "--device", bad]) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and err.startswith(f"pbidr bench {verb}: error: --device {bad}: "), err
+        assert seen == [torch.device("cpu")], verb  # the bad devices never reached the verb
+
+
+def test_bench_verb_help_imports_none_of_the_stages_it_runs():
+    """`pbidr bench VERB --help` builds the parser only: the verbs' work modules, the trainer and the
+    preprocess pipeline are imported when a verb runs, not to list its flags."""
+    heavy = ["pbidr.bench.sections", "pbidr.bench.texel_fit", "pbidr.bench.quality_run", "pbidr.bench.flops",
+             "pbidr.training.trainer", "pbidr.preprocess.pipeline", "trimesh"]
+    code = ("import contextlib, io, sys\n"
+            "from pbidr.commands.main import main\n"
+            f"for verb in {list(VERBS)!r}:\n"
+            "    with contextlib.redirect_stdout(io.StringIO()):\n"
+            "        assert main(['bench', verb, '--help']) == 0\n"
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(CODE), "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]", res.stdout

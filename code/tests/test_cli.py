@@ -290,6 +290,12 @@ def test_every_subcommand_has_a_description_device_and_the_same_flag_names():
         opts = {o: a.dest for a in p._actions for o in a.option_strings}
         if name != "bench":
             assert "--device" in opts, name
+        else:  # bench has verbs, each with its own flags
+            verbs = next(a for a in p._actions if a.__class__.__name__ == "_SubParsersAction").choices
+            assert {"all", "render", "quality", "texel", "batch"} <= set(verbs)
+            for verb, vp in verbs.items():
+                assert vp.description and len(vp.description) > 40, verb
+                assert "--device" in {o for a in vp._actions for o in a.option_strings}, verb
         if name not in ("bench", "sample"):  # the two that read no input
             assert opts.get("-i") == opts.get("--input") and "--input" in opts, name
         if name in ("sample", "preprocess", "train", "photo", "batch", "score"):

@@ -22,6 +22,7 @@ from PIL import Image
 from pbidr.commands import args as argtypes
 from pbidr.commands import main as cli, rig
 from pbidr.commands.batch import _stages
+from pbidr.commands.bench import VERBS
 from pbidr.geometry.cameras import Rig
 from pbidr.preprocess.pipeline import preprocess
 from pbidr.preprocess.sample import make_sample
@@ -65,8 +66,15 @@ def _base(world, new) -> dict[str, list[tuple[str, str, str | None]]]:
         "batch": [("inputs", "-i", str(w / "inputs")), ("out", "-o", new()), ("conf", "--conf", str(w / "tiny.conf")),
                   ("stages", "--stages", "preprocess"), ("res", "--res", "16"), ("yaw", "--yaw", "1"),
                   ("quiet", "--quiet", None)],
-        "bench": [("what", "", "render"), ("res", "--res", "16"), ("views", "--views", "1"),
-                  ("repeat", "--repeat", "1"), ("workdir", "--workdir", new()), ("quiet", "--quiet", None)],
+        "bench all": [("json", "--json", new() + ".json"), ("quiet", "--quiet", None), ("device", "--device", "cpu")],
+        "bench render": [("res", "--res", "16"), ("views", "--views", "1"), ("repeat", "--repeat", "1"),
+                         ("workdir", "--workdir", new()), ("device", "--device", "cpu")],
+        "bench quality": [("out", "-o", new()), ("seeds", "--seeds", "0"), ("iters", "--iters", "1"),
+                          ("res", "--res", "16"), ("device", "--device", "cpu")],
+        "bench texel": [("out", "-o", new()), ("seeds", "--seeds", "0"), ("levers", "--levers", "none"),
+                        ("device", "--device", "cpu")],
+        "bench batch": [("workdir", "--workdir", new()), ("subjects", "--subjects", "1"), ("json", "--json", new()),
+                        ("progress", "--quiet", None), ("device", "--device", "cpu")],
     }
 
 
@@ -99,6 +107,12 @@ def _typed_bad(action: argparse.Action, rng: random.Random) -> list[str]:
         return [g, "-1", "last"]
     if t is _stages:
         return [g, "train,foo", ","]
+    if t is argtypes.nonneg_int_list:
+        return [g, "1,,2", "-1"]
+    if t is argtypes.positive_int_list:
+        return [g, "0", "5,-2"]
+    if t is argtypes.positive_float_list:
+        return [g, "0", "1,nan"]
     return []
 
 
@@ -121,6 +135,9 @@ def _string_bad(sub: str, dest: str, world, rng: random.Random) -> list[str]:
         "address": ["127.0.0.1:1"],       # with --engine local
         "workdir": [afile],
         "json": [folder],
+        "variants": [rng.choice(["ful", "full,nope", ""])],
+        "levers": [rng.choice(["nope", "full;nope", "no low-pass"])],
+        "reference": [missing, "label=12:x", "label="],
     }
     if sub == "score":
         table["out"] = [folder]           # the score is a JSON file: a folder is the wrong thing
@@ -129,20 +146,24 @@ def _string_bad(sub: str, dest: str, world, rng: random.Random) -> list[str]:
     return table[dest]
 
 
-def _actions(parser: argparse.ArgumentParser):
+def _actions(parser: argparse.ArgumentParser, prefix: str = ""):
+    """(subcommand, action) of every flag; a subcommand with verbs of its own (bench) as "bench VERB"."""
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, p in sub.choices.items():
+        if any(isinstance(a, argparse._SubParsersAction) for a in p._actions):
+            yield from _actions(p, f"{prefix}{name} ")
+            continue
         for action in p._actions:
             if isinstance(action, argparse._HelpAction):
                 continue
-            yield name, action
+            yield prefix + name, action
 
 
 def _argv(sub: str, entries) -> list[str]:
-    argv = [sub]
+    argv = sub.split()
     for _, opt, value in entries:
         if not opt:
-            argv.insert(1, value)  # the positional
+            argv.insert(len(sub.split()), value)  # the positional
         elif value is None:
             argv.append(opt)
         else:
@@ -150,7 +171,7 @@ def _argv(sub: str, entries) -> list[str]:
     return argv
 
 
-def _check_one(capsys, argv: list[str], names: list[str], case: str, stats: dict) -> str:
+def _check_one(capsys, argv: list[str], names: list[str], case: str, stats: dict, sub: str = "") -> str:
     t0 = time.perf_counter()
     try:
         code = cli.main(argv)
@@ -163,7 +184,7 @@ def _check_one(capsys, argv: list[str], names: list[str], case: str, stats: dict
     assert code != 0, f"{case}: {argv} was accepted (exit {code}); stdout {out[:300]!r}"
     assert code == 2, f"{case}: exit {code}, {line!r}"
     assert "Traceback" not in err and len(line.splitlines()) == 1, f"{case}: {argv}\n{err}"
-    assert line.startswith(f"pbidr {argv[0]}: error: "), f"{case}: {line!r}"
+    assert line.startswith(f"pbidr {sub or argv[0]}: error: "), f"{case}: {line!r}"
     assert any(n and n in line for n in names), f"{case}: {line!r} names none of {names}"
     assert dt < 5.0, f"{case}: {dt:.1f} s: validation must come before any work"
     stats["cases"] += 1
@@ -181,7 +202,9 @@ def test_every_flag_of_every_subcommand(world, tmp_path, capsys):
     flags_done: set[tuple[str, str]] = set()
     t_all = time.perf_counter()
     for sub, action in _actions(cli.build_parser()):
-        base = _base(world, new)[sub]
+        bases = _base(world, new)
+        assert sub in bases, f"pbidr {sub}: no valid command line to start from; add one to _base"
+        base = bases[sub]
         if action.nargs == 0:  # store_true and friends: a value given to them is the bad input
             opt = rng.choice([o for o in action.option_strings if o.startswith("--")])
             values = [(opt, None, f"{opt}={_garbage(rng)}")]
@@ -197,13 +220,13 @@ def test_every_flag_of_every_subcommand(world, tmp_path, capsys):
             else:
                 argv = _argv(sub, entries + [(action.dest, opt, value)])
             names = [o for o in action.option_strings if o.startswith("--")] + [action.dest, value or "", literal or ""]
-            _check_one(capsys, argv, names, f"pbidr {sub} {opt or action.dest} {value!r}", stats)
+            _check_one(capsys, argv, names, f"pbidr {sub} {opt or action.dest} {value!r}", stats, sub)
         flags_done.add((sub, action.dest))
     total = time.perf_counter() - t_all
     print(f"command-line fuzz: {stats['cases']} cases over {len(flags_done)} flags, "
           f"{stats['tracebacks']} tracebacks, {total:.1f} s")
     assert stats["tracebacks"] == 0
-    assert len({s for s, _ in flags_done}) == 8 and stats["cases"] > 150, stats
+    assert len({s for s, _ in flags_done}) == 7 + len(VERBS) and stats["cases"] > 150, stats
     assert total < 30, total
 
 

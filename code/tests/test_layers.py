@@ -17,8 +17,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / "pbidr"
 
 LOWER = ("pbidr.training", "pbidr.model", "pbidr.datasets", "pbidr.detail", "pbidr.geometry", "pbidr.io",
          "pbidr.utils")
-UPPER = ("pbidr.evaluation", "pbidr.batch", "pbidr.commands")
-UPPER_PREFIXES = ("pbidr.bench",)  # pbidr.bench, pbidr.bench_quality, pbidr.bench_texel, ...
+UPPER = ("pbidr.evaluation", "pbidr.batch", "pbidr.bench", "pbidr.commands")
 
 KNOWN_CYCLES: list[set[str]] = []  # none: a cycle found is a failure
 
@@ -123,7 +122,7 @@ def in_package(name: str, packages: tuple[str, ...]) -> bool:
 
 
 def is_upper(name: str) -> bool:
-    return in_package(name, UPPER) or name.startswith(UPPER_PREFIXES)
+    return in_package(name, UPPER)
 
 
 # ------------------------------------------------------------------------------------------------

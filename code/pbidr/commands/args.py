@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -58,6 +59,46 @@ def nonneg_float(text: str) -> float:
     return value
 
 
+def _number_list(text: str, item, what: str, allow_empty: bool = False) -> list:
+    """Comma-separated values, each read by ``item`` (one of the number types above)."""
+    parts = [p.strip() for p in text.split(",")]
+    if parts == [""] and allow_empty:
+        return []
+    try:
+        return [item(p) for p in parts]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def nonneg_int_list(text: str) -> list[int]:
+    """Whole numbers >= 0 like ``0,1,2`` (seeds); at least one."""
+    return _number_list(text, nonneg_int, "comma-separated whole numbers >= 0 like 0,1,2")
+
+
+def positive_int_list(text: str) -> list[int]:
+    """Whole numbers >= 1 like ``300,600`` (step counts); empty for none."""
+    return _number_list(text, positive_int, "comma-separated whole numbers >= 1 like 300,600", allow_empty=True)
+
+
+def positive_float_list(text: str) -> list[float]:
+    """Numbers > 0 like ``1,0.5``; at least one."""
+    return _number_list(text, positive_float, "comma-separated numbers > 0 like 1,0.5")
+
+
+def output_file(text: str) -> str:
+    """A file the command writes: refused when a folder stands at that path."""
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
+    return text
+
+
+def work_folder(text: str) -> str:
+    """A folder the command works in (made when missing): refused when a file stands at that path."""
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
+    return text
+
+
 def views_arg(text: str) -> str:
     """``default``, ``all`` or 1-based view numbers like ``1,9,17`` (checked against the scan later)."""
     if text.strip().lower() in ("all", "default"):
@@ -76,8 +117,8 @@ def checkpoint_arg(text: str) -> str:
     return text
 
 
-def add_device_arg(p: argparse.ArgumentParser, note: str = "") -> None:
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N" + note)
+def add_device_arg(p: argparse.ArgumentParser, note: str = "", default: str = "auto") -> None:
+    p.add_argument("--device", default=default, help="auto (CUDA when available), cpu, cuda, cuda:N" + note)
 
 
 def add_overwrite_arg(p: argparse.ArgumentParser, stage: str) -> None:

@@ -420,7 +420,7 @@ class Trainer:
         rgb_gt = torch.as_tensor(rays["rgb"], device=self.device) * 2.0 - 1.0  # images compared in [-1, 1]
         self.model.set_step(self.step)
         out = self.model(batch)
-        # What this iteration evaluated: the benchmark turns these into FLOPs (pbidr.flops).
+        # What this iteration evaluated: the benchmark turns these into FLOPs (pbidr.bench.flops).
         self.last_counts = {"n_sdf_evals": int(out.n_sdf_evals), "n_sdf_grad_evals": int(out.n_sdf_grad_evals),
                             "n_surface": int(out.surface_mask.sum()), "n_trace_fallback": int(out.n_trace_fallback)}
         terms = self.loss_fn(out, rgb_gt, alpha=self.alpha(), regularisers=self.regulariser_sampler(out))

@@ -1,4 +1,5 @@
-"""FLOP accounting for one training iteration, from the network shapes and the evaluations made.
+"""FLOP accounting for one training iteration, from the network shapes and the evaluations made (the
+train-speed section of ``pbidr bench all`` reads it against :func:`pbidr.bench.common.matmul_rate`).
 
 Convention (documented in BENCHMARKS.md): a linear layer costs 2·in·out FLOPs per point forward;
 activations and encodings are ignored (they are O(width), not O(width²)). A backward pass costs
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 
@@ -44,22 +44,3 @@ def iteration_flops(model: nn.Module, n_sdf_evals: int, n_sdf_grad_evals: int, n
     return IterationFlops(trace=float(f_sdf) * n_sdf_evals, sdf_grad_pass=grad_pass, backward=2.0 * grad_pass,
                           shading=3.0 * f_shade * n_surface)
 
-
-def matmul_rate(n: int = 2048, repeat: int = 10, device: torch.device | str = "cpu") -> float:
-    """This machine's fp32 matmul rate in FLOP/s (square n x n, best of ``repeat``)."""
-    import time
-
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    for _ in range(2):
-        a @ b
-    best = float("inf")
-    for _ in range(repeat):
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        a @ b
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best
