@@ -1,5 +1,5 @@
 """Blender's side of pbidr.preprocess.cycles, run as ``python cycles_client.py IN.npz OUT.npz`` in a
-process of its own: Blender (the ``bpy`` module) bundles its own OpenEXR, TBB, Embree and OpenMP,
+process of its own: Blender (the ``bpy`` module) bundles its own OpenEXR, TBB, Embree and more,
 which must not share a process with torch's. Only bpy and numpy here: pbidr is not imported, the
 caller validates the inputs and turns the raw bakes into textures.
 
