@@ -15,7 +15,7 @@ from pbidr.commands.bench import VERBS
 
 CODE = Path(__file__).resolve().parents[1]
 # what a verb needs besides --device to pass its checks (the rest has defaults)
-REQUIRED = {"quality": ["-o", "{tmp}/q"], "texel": ["-o", "{tmp}/t"]}
+REQUIRED = {"quality": ["-o", "{tmp}/q"], "texel": ["-o", "{tmp}/t"], "matrix": ["-o", "{tmp}/m"]}
 
 
 def test_quick_benchmark_writes_every_key(tmp_path):

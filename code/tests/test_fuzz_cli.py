@@ -73,6 +73,8 @@ def _base(world, new) -> dict[str, list[tuple[str, str, str | None]]]:
                           ("res", "--res", "16"), ("device", "--device", "cpu")],
         "bench texel": [("out", "-o", new()), ("seeds", "--seeds", "0"), ("levers", "--levers", "none"),
                         ("device", "--device", "cpu")],
+        "bench matrix": [("out", "-o", new()), ("presets", "--presets", "classic"), ("seeds", "--seeds", "0"),
+                         ("no_oracle", "--no-oracle", None), ("device", "--device", "cpu")],
         "bench batch": [("workdir", "--workdir", new()), ("subjects", "--subjects", "1"), ("json", "--json", new()),
                         ("progress", "--quiet", None), ("device", "--device", "cpu")],
     }
@@ -138,6 +140,8 @@ def _string_bad(sub: str, dest: str, world, rng: random.Random) -> list[str]:
         "variants": [rng.choice(["ful", "full,nope", ""])],
         "levers": [rng.choice(["nope", "full;nope", "no low-pass"])],
         "reference": [missing, "label=12:x", "label="],
+        "preset": [rng.choice(["nope", "paper!", ""])],
+        "presets": [rng.choice(["nope", "classic,nope", ","])],
     }
     if sub == "score":
         table["out"] = [folder]           # the score is a JSON file: a folder is the wrong thing

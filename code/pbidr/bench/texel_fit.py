@@ -76,25 +76,44 @@ def _scores(mesh, displacement: np.ndarray, folder: Path, res: int) -> dict:
     """The coarse mesh and its subdivision to about a texel, each displaced by the fitted map along its
     normals and scored against the truth, with the ceiling at its density."""
     truth, coarse_errors = sample_reference(folder)
-    coarse_ref = coarse_errors["mean"]
     dense, dense_n, levels = subdivide_to_spacing(mesh, map_texel_spacing(mesh, res))
+    out = score_map(mesh, dense, dense_n, displacement, truth, coarse_errors["mean"])
+    out["dense"]["subdivisions"] = levels
+    return out
+
+
+def ceilings(mesh, dense, truth, coarse_ref: float) -> dict[str, float]:
+    """The normal-error ratio of the truth at the coarse and at the dense mesh's own vertices."""
+    return {name: float(score_vertices(ceiling_vertices(m.vertices, truth), m.faces, truth).normal_error_deg.mean()
+                        / coarse_ref) for name, m in (("coarse", mesh), ("dense", dense))}
+
+
+def score_map(mesh, dense, dense_normals: np.ndarray, displacement: np.ndarray, truth, coarse_ref: float,
+              ceiling: dict[str, float] | None = None) -> dict:
+    """A displacement map (res, res) read at the coarse and the dense mesh's vertices, each moved along its
+    normals and scored: ratio, ceiling (computed unless given), recovered fraction, correlation, RMS of
+    the map, of the truth and of the error, and the leak (every mark; per kind as ``leak_by_kind``)."""
+    ceiling = ceiling or ceilings(mesh, dense, truth, coarse_ref)
     out = {}
-    for name, m, normals in (("coarse", mesh, mesh.vertex_normals()), ("dense", dense, dense_n)):
+    for name, m, normals in (("coarse", mesh, mesh.vertex_normals()), ("dense", dense, dense_normals)):
         vuv = np.zeros((len(m.vertices), 2))
         vuv[m.faces.reshape(-1)] = m.uv[m.face_uv.reshape(-1)]
         d = sample_uv_map(displacement, vuv)
-        verts = m.vertices + d[:, None] * normals
-        s = score_vertices(verts, m.faces, truth)
-        best = score_vertices(ceiling_vertices(m.vertices, truth), m.faces, truth)
+        s = score_vertices(m.vertices + d[:, None] * normals, m.faces, truth)
         ratio = float(s.normal_error_deg.mean() / coarse_ref)
-        ceiling = float(best.normal_error_deg.mean() / coarse_ref)
-        out[name] = {"ratio": ratio, "ceiling": ceiling, "recovered": recovered_fraction(ratio, ceiling),
-                     "correlation": float(np.corrcoef(s.displacement, s.true_displacement)[0, 1]),
+        out[name] = {"ratio": ratio, "ceiling": ceiling[name], "recovered": recovered_fraction(ratio, ceiling[name]),
+                     "correlation": _correlation(s.displacement, s.true_displacement),
                      "rms_mm": float(np.sqrt(np.mean(s.displacement**2))),
                      "true_rms_mm": float(np.sqrt(np.mean(s.true_displacement**2))),
-                     "leak": float(albedo_leak(s, truth)[0]), "vertices": int(len(m.vertices))}
-    out["dense"]["subdivisions"] = levels
+                     "error_rms_mm": float(np.sqrt(np.mean((s.displacement - s.true_displacement) ** 2))),
+                     "leak": float(albedo_leak(s, truth)[0]),
+                     "leak_by_kind": {k: float(albedo_leak(s, truth, k)[0]) for k in truth.kinds},
+                     "vertices": int(len(m.vertices))}
     return out
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return 0.0 if a.std() < 1e-9 or b.std() == 0 else float(np.corrcoef(a, b)[0, 1])
 
 
 def at_resolution(image: np.ndarray, res: int) -> np.ndarray:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from pbidr.bench import batch, quality, render, suite, texel
+from pbidr.bench import batch, matrix, quality, render, suite, texel
 from pbidr.commands.args import add_device_arg
 
 # verb -> (its module, which has add_arguments(parser) and main(args) -> int; its one-line help). A new
@@ -18,6 +18,7 @@ VERBS = {
     "render": (render, "the preprocess renderer: 17 views at 1024^2 of the built-in sample"),
     "quality": (quality, "the ray/MLP detail mode's quality over seeds, variants and training time"),
     "texel": (texel, "the texel fit over seeds, levers and the oracle (BENCHMARKS.md, 'Texel fit')"),
+    "matrix": (matrix, "the texel fit over a family of faces (conditions x seeds): worst, median, contact sheet"),
     "batch": (batch, "pbidr batch's local and Ray engines on the same subjects (script/bench_batch.sh)"),
 }
 

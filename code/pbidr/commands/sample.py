@@ -39,7 +39,7 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from pbidr.errors import PbidrError
-    from pbidr.preprocess.conditions import conditions_for, describe, parse_settings
+    from pbidr.preprocess.conditions import apply_settings, conditions_for, describe, parse_settings
     from pbidr.preprocess.sample import make_sample
     from pbidr.utils.device import pick_device
 
@@ -49,7 +49,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.output is None:
         raise PbidrError("--output: required (the folder to write)")
     pick_device(args.device)  # checked like every stage's, though the sample is made with numpy
-    conditions = conditions_for(args.preset, parse_settings(args.set), args.texture_size)
+    conditions = conditions_for(args.preset)
+    for item in args.set:  # one at a time, so that an error names the item
+        try:
+            conditions = apply_settings(conditions, parse_settings([item]))
+        except PbidrError as exc:
+            raise PbidrError(f"--set {item}: {exc}") from None
+    if args.texture_size is not None:
+        conditions = apply_settings(conditions, {"texture_size": args.texture_size})
     info = make_sample(args.output, seed=args.seed, overwrite=args.overwrite, conditions=conditions,
                        preset=args.preset)
     print(f"sample written to {Path(args.output)} ({info})" if args.verbose else f"sample written to {args.output}")

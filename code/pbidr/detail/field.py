@@ -62,6 +62,7 @@ class MapSDF(nn.Module):
         self.register_buffer("albedo", torch.zeros(size[0], size[1], 3))
         self.register_buffer("light_coeffs", torch.zeros(4))
         self.register_buffer("light_kind", torch.tensor(-1))  # -1: lambert; k >= 0: poly of order k
+        self.register_buffer("light_lobe", torch.zeros(5))  # [strength, half-vector (3), exponent]; 0: matte
         self.coarse: Optional[CoarseDistance] = None
         self._uv = None
         self._face_uv = None
@@ -92,6 +93,8 @@ class MapSDF(nn.Module):
         key = prefix + "light_coeffs"
         if key in state_dict and state_dict[key].shape != self.light_coeffs.shape:  # a poly light's size
             self.light_coeffs = torch.zeros_like(state_dict[key])
+        if key in state_dict and prefix + "light_lobe" not in state_dict:  # a run from before the lobe: matte
+            state_dict[prefix + "light_lobe"] = torch.zeros_like(self.light_lobe)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_light(self, light) -> None:
@@ -102,6 +105,8 @@ class MapSDF(nn.Module):
             self.light_coeffs = coeffs.clone()
         else:
             self.light_coeffs.copy_(coeffs)
+        lobe = np.zeros(5) if light.lobe is None else np.asarray(light.lobe, dtype=np.float64)
+        self.light_lobe.copy_(torch.as_tensor(lobe, dtype=self.light_lobe.dtype))
 
     def _require(self) -> CoarseDistance:
         if self.coarse is None:
@@ -113,8 +118,10 @@ class MapSDF(nn.Module):
         from pbidr.detail.fit import Light
 
         kind = int(self.light_kind)
+        lobe = self.light_lobe.detach().cpu().numpy().astype(np.float64)
         return Light(model="lambert" if kind < 0 else "poly", order=max(kind, 1),
-                     coeffs=self.light_coeffs.detach().cpu().numpy().astype(np.float64))
+                     coeffs=self.light_coeffs.detach().cpu().numpy().astype(np.float64),
+                     lobe=lobe if lobe[0] > 0 else None)
 
     def displacement(self) -> torch.Tensor:
         """D (H, W) in world units."""

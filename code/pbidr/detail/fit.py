@@ -1,26 +1,36 @@
 """The texel fit: the detail as a displacement map D on the coarse chart, from every texel at once.
 
-Image model (PBIDR's, on the chart): colour T = albedo x shading(n), n the detailed normal
-``normalise(n_c - grad_s D)``. Shading is grey, so in log space the chromaticity
+Image model (PBIDR's, on the chart): colour T_c = albedo_c x s(n) + q(n), n the detailed normal
+``normalise(n_c - grad_s D)``, s a grey diffuse shading and q a grey glossy lobe (PBIDR's specular term,
+when the texture holds one). With the lobe taken off, shading is grey, so in log space the chromaticity
 ``chi_c = log T_c - Y`` (Y = mean_c log T_c) is albedo alone, and ``Y = a + log s(n)`` with a the
 albedo's log intensity. The fit:
 
-1. **Light, anchored on the coarse shape.** ``s(n)`` is a polynomial of the normal of degree
-   ``light_order`` (2 = order-2 spherical harmonics), least-squares fitted (robustly, IRLS) to the
-   linear luminance on the *coarse* normals with constant albedo, then frozen. The geometry never
-   moves the light, so the convex/concave ambiguity cannot flip the relief.
+1. **Light, anchored on the coarse shape** (:mod:`pbidr.detail.light`): s is ambient + clamped Lambert
+   (or SH of ``light_order``), least-squares fitted (robustly) to the luminance on the *coarse* normals
+   with a constant albedo; the lobe is searched and kept only if held-out texels say the texture holds
+   one; then both are frozen. The geometry never moves the light, so the convex/concave ambiguity cannot
+   flip the relief, and a highlight is the lobe of the coarse shape, never a bump.
 2. **Albedo, locally affine in chromaticity.** For any D the albedo intensity that explains the rest
-   is ``a = GF(Y - log s(n))``, the guided filter of the shading-free luminance with the
-   chromaticity as guide: inside each window the albedo's intensity is an affine function of its
+   is ``a = GF(p)``, ``p = mean_c log(T_c - q(n)) - log s(n)``, the guided filter with the chromaticity
+   as guide: inside each window the albedo's intensity is an affine (quadratic) function of its
    chromaticity, so smooth tone, freckles, eyebrows and lips (which change colour with intensity) are
-   explained, while shading (grey) is not. The data term is the robust residual
-   ``rho((I - GF)(Y - log s(n)))`` on every valid texel, blind to albedo of that form and to smooth
-   offsets.
-3. **Geometry priors.** D's local mean over a Gaussian of ``lowpass_sigma_mm`` is penalised (detail
+   explained, while shading (grey) is not. The data term is the robust residual ``rho(p - GF(p))``.
+3. **Dark, colourless marks are not relief.** Moles, lashes, brow hair and grey freckles darken a texel
+   without a change of colour, so no albedo of that form explains them, and no relief under an anchored
+   light makes a dark spot: small relief shades as a dipole whose mean is nearly zero. The fit would make
+   one from a ramp that trails along the light (a streak). So the residual where the texture is *darker*
+   than the model weighs ``mark_weight`` (< 1) of the other side: a one-signed outlier process (the same
+   as a darkening mark layer m >= 0 with an L1 cost, solved per texel in closed form), which a dipole
+   cannot use but a mark can.
+4. **One light leaves a null space.** Gradients of D across the light's tangential direction do not change
+   the shading; a streak lives there. Where, over ``isotropy_sigma_mm``, D's across-light gradient energy
+   exceeds ``isotropy_ratio`` x its along-light one (which the data see), the excess is penalised: relief
+   that the shading shows is untouched, a trail that it cannot show is not free.
+5. **Geometry priors.** D's local mean over a Gaussian of ``lowpass_sigma_mm`` is penalised (detail
    has no low frequencies: the coarse mesh has them), and, weakly, D's texel-scale part (D minus its
-   Gaussian mean over ``finescale_sigma_texels``): it stops texel noise and, per mm of amplitude, weighs
-   the 2-3 mm detail about 9x less than a Laplacian of weight 0.3 (optional: ``laplacian_weight``).
-4. **Multi-resolution.** D is a sum of grids (cells of 2^k texels, k = ``finest_level`` ..
+   Gaussian mean over ``finescale_sigma_texels``): it stops texel noise.
+6. **Multi-resolution.** D is a sum of grids (cells of 2^k texels, k = ``finest_level`` ..
    ``coarsest_level``), a preconditioner for Adam; with ``level_steps`` > 0 the coarsest opens first,
    one finer level every ``level_steps`` steps (coarse to fine). Adam on all texels per step.
 
@@ -32,63 +42,32 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from pbidr.detail.chart import TexelChart
-from pbidr.errors import PbidrError
 from pbidr.detail.filters import GuidedFilter, box_kernel, gaussian_kernel, masked_mean
+from pbidr.detail.light import LIGHT_MODELS, Light, fit_light, fit_lobe, light_basis
+from pbidr.errors import PbidrError
 from pbidr.utils.config import Config, setting
 
+__all__ = ["LIGHT_MODELS", "Light", "fit_light", "light_basis", "TexelConfig", "FitConfig", "TexelObjective",
+           "DetailFit", "DisplacementGrids", "detailed_normals", "fit_detail", "adam_step", "seam_pairs"]
+
 LOG_FLOOR = 1.0 / 512.0  # colours below this are clamped before the log (8-bit black)
-
-
-@dataclass
-class FitConfig:
-    """Knobs of the texel fit as :func:`fit` takes them. A run builds it from its ``loss.texel`` block
-    (:class:`TexelConfig`, whose defaults are the shipped ones), ``model.displacement_map`` and ``train``
-    (``pbidr.detail.solver.fit_config``); the defaults here are the bare function's, for tests and
-    benchmarks that set what they vary."""
-
-    steps: int = 400
-    learning_rate: float = 0.02  # mm per step (Adam), on every grid level
-    final_lr_fraction: float = 0.05  # the learning rate decays (cosine) to this fraction: Adam's steps
-    # are about lr per cell whatever the gradient, so a constant rate keeps shaking every level
-    light_model: str = "lambert"  # lambert (ambient + clamped diffuse) or poly (SH of light_order)
-    light_order: int = 2  # degree of the shading polynomial in n (2 = SH2), for light_model = poly
-    light_iters: int = 4  # IRLS iterations of the light fit
-    albedo_radius_mm: float = 2.0  # guided-filter window half-size
-    albedo_eps: float = 1e-4  # guided-filter regulariser (chromaticity^2)
-    albedo_guide_order: int = 1  # 1: albedo affine in chromaticity per window; 2: quadratic (blends of two colours)
-    robust_scale: float = 0.02  # Charbonnier scale of the data term (log units)
-    mark_tau: float = 0.02  # data weight 1 / (1 + (|chi - local mean chi| / tau)^2): marks count less (0: off)
-    mark_radius_mm: float = 3.0
-    dark_level: float = 0.25  # data weight min(1, (luminance / dark_level)^2): the log of a dark 8-bit colour is noise
-    lowpass_sigma_mm: float = 4.0
-    lowpass_weight: float = 50.0
-    laplacian_weight: float = 1e-4
-    finescale_weight: float = 0.0  # penalty on D minus its Gaussian mean over finescale_sigma_texels, per
-    # texel^2: mostly texel-scale noise (a Laplacian weighs the 2-3 mm detail more)
-    finescale_sigma_texels: float = 1.0
-    seam_weight: float = 10.0
-    finest_level: int = 1  # cells of 2^finest_level texels
-    coarsest_level: int = 6
-    level_steps: int = 40  # steps between the opening of two levels
-    max_displacement_mm: float = 5.0  # |D| bound (tanh), far above any skin detail
-    log_every: int = 50
-
-
-LIGHT_MODELS = ("lambert", "poly")
+MARK_BETA = 25.0  # the mark layer's softplus sharpness (log units^-1)
+MARK_INIT = -0.1  # its variable's start: m = 0.003, with a slope of 0.08 so that it can grow
 COLOUR_SOURCES = ("texture", "views")
+SPECULAR_MODES = ("auto", "off")
 
 
 @dataclass
 class TexelConfig(Config):
-    """``loss.texel``: the texel fit's energy in a run (``train.solver = texels``); :func:`fit_config`
-    of ``pbidr.detail.solver`` turns it into a :class:`FitConfig`, whose comments say more."""
+    """``loss.texel``: the texel fit's energy (the one set of defaults: a run's conf, the bare
+    :func:`fit_detail` and the benchmarks all start here)."""
 
     colour_source: str = setting("texture", "texture (the views are its renders) or views (project into the "
                                             "images)", choices=COLOUR_SOURCES)
@@ -96,6 +75,8 @@ class TexelConfig(Config):
                                choices=LIGHT_MODELS)
     light_order: int = setting(2, "degree of the shading polynomial in n, for light_model = poly")
     light_iters: int = setting(4, "IRLS iterations of the light fit", positive=True)
+    specular: str = setting("auto", "auto: a grey glossy lobe when texels held out of its search say the texture "
+                                    "holds one; off: none", choices=SPECULAR_MODES)
     albedo_radius_mm: float = setting(3.0, "window half-size of the albedo model (3 mm: best of 2-6 on seeds 0-2)",
                                       positive=True)
     albedo_eps: float = setting(1.0e-6, "guided-filter regulariser (chromaticity^2): small lets the albedo follow "
@@ -103,16 +84,25 @@ class TexelConfig(Config):
     albedo_guide_order: int = setting(2, "1: albedo affine in chromaticity, 2: quadratic (blends of two colours)",
                                       choices=(1, 2))
     robust_scale: float = setting(0.001, "Charbonnier scale of the data term (log units): near L1", positive=True)
+    mark_weight: float = setting(1.0, "weight of the residual where the texture is darker than the model (dark, "
+                                      "colourless marks; 1: symmetric)", at_most_one=True)
+    mark_layer_cost: float = setting(0.0, "a darkening mark layer m >= 0 (grey, in log units, before the albedo "
+                                          "model) at this cost per unit against the data term's; 0: off")
     mark_tau: float = setting(0.04, "marks (chromaticity far from the local mean) count less; 0: off")
     mark_radius_mm: float = setting(3.0, "window of that local mean")
     dark_level: float = setting(0.25, "dark texels count less: the log of a dark 8-bit colour is noise")
+    isotropy_weight: float = setting(0.0, "penalty on D's across-light gradient energy beyond isotropy_ratio x its "
+                                          "along-light one (the light's null space); 0: off")
+    isotropy_ratio: float = setting(1.0, "how much more across-light than along-light gradient energy is free",
+                                    positive=True)
+    isotropy_sigma_mm: float = setting(1.5, "window of those gradient energies", positive=True)
     lowpass_sigma_mm: float = setting(10.0, "D's local mean over this Gaussian is penalised (no low frequencies)",
                                       positive=True)
     lowpass_weight: float = setting(20.0, "weight of that penalty")
     laplacian_weight: float = setting(0.0, "a Laplacian on D (damps the 2-3 mm detail too; BENCHMARKS.md)")
     finescale_weight: float = setting(1.0, "weak penalty on D minus its Gaussian mean over finescale_sigma_texels: "
                                            "stops texel noise")
-    finescale_sigma_texels: float = setting(1.0, "sigma of that Gaussian (texels)")
+    finescale_sigma_texels: float = setting(1.0, "sigma of that Gaussian (texels)", positive=True)
     seam_weight: float = setting(10.0, "the UV copies of a seam vertex agree")
     level_steps: int = setting(0, "steps between the opening of two map levels, coarse to fine (0: all open "
                                   "from the start)")
@@ -120,53 +110,27 @@ class TexelConfig(Config):
 
 
 @dataclass
-class Light:
-    """Grey shading of a unit normal.
+class FitConfig(TexelConfig):
+    """Everything :func:`fit_detail` takes: the energy (:class:`TexelConfig`, its defaults) and the solve's
+    schedule and map, whose defaults are ``confs/fast.conf``'s (``train.iters``, ``train.learning_rate``,
+    ``model.displacement_map``); ``pbidr.detail.solver.fit_config`` builds it from a run's conf."""
 
-    ``lambert``: s(n) = ambient + diffuse max(0, n . l), ``coeffs`` = [ambient, diffuse * l (3)];
-    ``poly``: s(n) = poly(n) . coeffs, the monomials of degree <= ``order`` (order 2 = SH2).
-    """
-
-    model: str
-    order: int
-    coeffs: np.ndarray
-
-    def shading(self, n: torch.Tensor) -> torch.Tensor:
-        c = torch.as_tensor(self.coeffs, dtype=n.dtype, device=n.device)
-        if self.model == "lambert":
-            return c[0] + (n @ c[1:]).clamp_min(0.0)
-        return light_basis(n, self.order) @ c
-
-    def describe(self) -> dict:
-        out = {"model": self.model, "coeffs": [float(x) for x in self.coeffs]}
-        if self.model == "lambert":
-            d = np.asarray(self.coeffs[1:], dtype=np.float64)
-            out.update(ambient=float(self.coeffs[0]), diffuse=float(np.linalg.norm(d)),
-                       direction=(d / max(np.linalg.norm(d), 1e-12)).tolist())
-        else:
-            out["order"] = self.order
-        return out
+    steps: int = setting(150, "Adam steps", positive=True)
+    learning_rate: float = setting(0.02, "mm per step (Adam), on every grid level", positive=True)
+    finest_level: int = setting(1, "finest grid level: cells of 2^k texels")
+    coarsest_level: int = setting(5, "coarsest grid level")
+    max_displacement_mm: float = setting(5.0, "|D| bound (tanh), far above any skin detail", positive=True)
+    log_every: int = setting(50, "history (and callback) every this many steps", positive=True)
 
 
-def light_basis(n: torch.Tensor, order: int) -> torch.Tensor:
-    """Monomials x^i y^j z^k, i + j + k <= order, of unit normals (..., 3) -> (..., K). On the sphere
-    they span the spherical harmonics up to ``order`` (order 2: the 9 SH2 functions)."""
-    x, y, z = n[..., 0], n[..., 1], n[..., 2]
-    terms = []
-    for total in range(order + 1):
-        for i in range(total + 1):
-            for j in range(total - i + 1):
-                k = total - i - j
-                if k >= 2:
-                    continue  # z^2 = 1 - x^2 - y^2 on the sphere: keep the basis independent
-                terms.append(x**i * y**j * z**k)
-    return torch.stack(terms, dim=-1)
+def texel_config_fields() -> list[str]:
+    return [f.name for f in fields(TexelConfig)]
 
 
 @dataclass
 class DetailFit:
     """The fit's result: D (H, W) in the chart's world units, the albedo map (H, W, 3) in [0, 1]
-    (T / s(n)), the light, and the loss history."""
+    ((T - q) / s(n)), the light, and the loss history."""
 
     displacement: np.ndarray
     albedo: np.ndarray
@@ -177,7 +141,9 @@ class DetailFit:
 
 
 class DisplacementGrids(torch.nn.Module):
-    """D = max_d tanh(sum_k up(G_k) / max_d): grids of 2^k-texel cells, bilinearly upsampled."""
+    """D = max_d tanh(sum_k up(G_k) / max_d): grids of 2^k-texel cells, bilinearly upsampled. Beside them,
+    ``marks`` (H, W), the free variable of the fit's darkening mark layer (used only when it is on;
+    :meth:`mark_layer` maps it to m >= 0)."""
 
     def __init__(self, size: tuple[int, int], levels: list[int], max_displacement: float,
                  init: torch.Tensor | None = None):
@@ -191,6 +157,16 @@ class DisplacementGrids(torch.nn.Module):
              for k in self.levels])
         self.register_buffer("base", torch.zeros(h, w) if init is None else
                              torch.atanh((init / self.max_d).clamp(-0.999, 0.999)) * self.max_d)
+        self.marks = torch.nn.Parameter(torch.full((h, w), MARK_INIT))
+
+    def mark_layer(self) -> torch.Tensor:
+        """m = softplus(beta theta) / beta >= 0 (H, W): smooth at zero, so a texel's mark can start to grow."""
+        return F.softplus(self.marks * MARK_BETA) / MARK_BETA
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "base" in state_dict and prefix + "marks" not in state_dict:  # a run from before the layer
+            state_dict[prefix + "marks"] = torch.full_like(self.marks, MARK_INIT)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self) -> torch.Tensor:
         total = self.base
@@ -202,64 +178,22 @@ class DisplacementGrids(torch.nn.Module):
         return self.max_d * torch.tanh(total / self.max_d)
 
 
-def detailed_normals(chart_t: dict, d: torch.Tensor) -> torch.Tensor:
-    """Unit normals (H, W, 3) of S = P_c + D n_c to first order: normalise(n_c - grad_s D); D's
-    derivatives are central differences, zero where the texel is not interior (seams, borders)."""
+def surface_gradient(chart_t: dict, d: torch.Tensor) -> torch.Tensor:
+    """grad_s D (H, W, 3) in world units per world unit: D's central differences on the chart through its
+    dual tangent basis, zero where the texel is not interior (seams, borders)."""
     h, w = d.shape
     du = torch.zeros_like(d)
     dv = torch.zeros_like(d)
     du[:, 1:-1] = (d[:, 2:] - d[:, :-2]) * (w / 2.0)
     dv[1:-1, :] = -(d[2:, :] - d[:-2, :]) * (h / 2.0)  # rows run along -v
     inter = chart_t["interior"]
-    du, dv = du * inter, dv * inter
-    grad = du.unsqueeze(-1) * chart_t["grad_u"] + dv.unsqueeze(-1) * chart_t["grad_v"]
-    n = chart_t["normals"] - grad
+    return (du * inter).unsqueeze(-1) * chart_t["grad_u"] + (dv * inter).unsqueeze(-1) * chart_t["grad_v"]
+
+
+def detailed_normals(chart_t: dict, d: torch.Tensor) -> torch.Tensor:
+    """Unit normals (H, W, 3) of S = P_c + D n_c to first order: normalise(n_c - grad_s D)."""
+    n = chart_t["normals"] - surface_gradient(chart_t, d)
     return n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
-def _huber_weights(r: torch.Tensor) -> torch.Tensor:
-    r = r.abs()
-    scale = 1.4826 * r.median().clamp_min(1e-6)
-    return torch.where(r <= 1.5 * scale, torch.ones_like(r), 1.5 * scale / r)
-
-
-def fit_light(normals: torch.Tensor, luminance: torch.Tensor, model: str = "lambert", order: int = 2,
-              iters: int = 4, max_samples: int = 200_000) -> Light:
-    """The grey light that best explains ``luminance`` (N,) on ``normals`` (N, 3) with a constant
-    albedo (absorbed in the scale), robustly (IRLS with Huber weights).
-
-    ``poly``: linear least squares. ``lambert``: Gauss-Newton on [ambient, diffuse * l], started from
-    the order-1 fit (exact where the whole face is lit, refined where max(0, .) clamps).
-    """
-    if model not in LIGHT_MODELS:
-        raise ValueError(f"light model must be one of {', '.join(LIGHT_MODELS)}, got {model!r}")
-    n = normals.double()
-    y = luminance.double()
-    if len(y) > max_samples:  # a fixed subset: 9-25 unknowns need nowhere near every texel
-        pick = torch.linspace(0, len(y) - 1, max_samples, device=y.device).long()
-        n, y = n[pick], y[pick]
-    a = light_basis(n, 1 if model == "lambert" else order)
-    wts = torch.ones_like(y)
-    coeffs = None
-    for _ in range(max(1, iters)):
-        sw = wts.sqrt()
-        coeffs = torch.linalg.lstsq(a * sw[:, None], (y * sw).unsqueeze(-1)).solution[:, 0]
-        wts = _huber_weights(a @ coeffs - y)
-    if model == "poly":
-        return Light(model="poly", order=order, coeffs=coeffs.cpu().numpy())
-    c = coeffs.clone()  # [ambient, l_x, l_y, l_z] of the unclamped fit
-    for _ in range(max(1, iters) * 3):
-        ndl = n @ c[1:]
-        lit = (ndl > 0).double()
-        pred = c[0] + ndl.clamp_min(0.0)
-        jac = torch.cat([torch.ones_like(y)[:, None], n * lit[:, None]], dim=1)
-        sw = wts.sqrt()
-        step = torch.linalg.lstsq(jac * sw[:, None], ((y - pred) * sw).unsqueeze(-1)).solution[:, 0]
-        c = c + step
-        wts = _huber_weights(c[0] + (n @ c[1:]).clamp_min(0.0) - y)
-        if float(step.abs().max()) < 1e-9:
-            break
-    return Light(model="lambert", order=1, coeffs=c.cpu().numpy())
 
 
 def seam_pairs(chart: TexelChart, mesh) -> tuple[np.ndarray, np.ndarray]:
@@ -285,14 +219,15 @@ def seam_pairs(chart: TexelChart, mesh) -> tuple[np.ndarray, np.ndarray]:
 
 
 class TexelObjective:
-    """The fit's energy on one chart: built once from the chart and its colours (light fit, albedo
-    guide, data weights), then ``energy(D)`` for any D (H, W) in world units, and ``albedo(D)``.
+    """The fit's energy on one chart: built once from the chart and its colours (light and lobe fit,
+    albedo guide, data weights, the light's tangential directions), then ``energy(D)`` for any D (H, W)
+    in world units, and ``albedo(D)``.
 
     Both the standalone fit (:func:`fit_detail`) and ``pbidr train`` (``train.solver = texels``)
     step this object, so they optimise the same energy.
     """
 
-    def __init__(self, chart: TexelChart, colours: np.ndarray, cfg: FitConfig, device: torch.device | str = "cpu",
+    def __init__(self, chart: TexelChart, colours: np.ndarray, cfg: TexelConfig, device: torch.device | str = "cpu",
                  weight: np.ndarray | None = None, seams: tuple[np.ndarray, np.ndarray] | None = None,
                  light: Light | None = None, albedo: np.ndarray | None = None):
         """``light`` / ``albedo`` (H, W, 3) in [0, 1], when given, replace the fitted light and the
@@ -300,106 +235,181 @@ class TexelObjective:
         what each part of the energy costs."""
         self.cfg = cfg
         self.chart = chart
-        device = torch.device(device)
-        dt = torch.float32
-        self.ct = {
-            "normals": torch.as_tensor(chart.normals, dtype=dt, device=device),
-            "grad_u": torch.as_tensor(chart.grad_u, dtype=dt, device=device),
-            "grad_v": torch.as_tensor(chart.grad_v, dtype=dt, device=device),
-            "interior": torch.as_tensor(chart.interior, dtype=dt, device=device),
-        }
-        valid_np = chart.interior & chart.mask
+        self.device = torch.device(device)
+        self.ct = _chart_tensors(chart, self.device)
+        valid = self._data_weights(weight, colours)
+        self.light = light if light is not None else self._fit_light(valid)
+        self.specular_coarse = self.light.specular(self.ct["normals"])
+        guide = self._guide()
+        if cfg.mark_tau > 0:  # albedo marks: chromaticity far from the local skin's
+            local = masked_mean(guide[:2], self.wmap, box_kernel(self._texels(cfg.mark_radius_mm)))
+            self.wmap = self.wmap / (1.0 + ((guide[:2] - local).norm(dim=0) / cfg.mark_tau) ** 2)
+        self.known_albedo = None
+        if albedo is not None:  # its log intensity: the data term is then Y - log s(n) - that, no filter
+            self.known_albedo = torch.log(torch.as_tensor(np.clip(albedo, LOG_FLOOR, 1.0), dtype=torch.float32,
+                                                          device=self.device)).mean(-1)
+        # a known albedo replaces the filter's albedo model (the diagnostics): no filter to build then
+        self.gf = None if self.known_albedo is not None else GuidedFilter(
+            guide, self.wmap, self._texels(cfg.albedo_radius_mm), cfg.albedo_eps)
+        self._priors_setup(seams)
+
+    # ------------------------------------------------------------------ set-up
+    def _texels(self, mm: float) -> int:
+        return max(1, int(round(mm / max(self.chart.texel_size, 1e-12))))
+
+    def _data_weights(self, weight: np.ndarray | None, colours: np.ndarray) -> torch.Tensor:
+        """The texels the data term sees (H, W) bool, and their weights ``wmap`` (dark texels count less)."""
+        valid_np = self.chart.interior & self.chart.mask
         if weight is not None:
             valid_np = valid_np & (weight > 0)
-        wmap = torch.as_tensor(valid_np if weight is None else np.where(valid_np, weight, 0.0), dtype=dt,
-                               device=device)
+        wmap = torch.as_tensor(valid_np if weight is None else np.where(valid_np, weight, 0.0),
+                               dtype=torch.float32, device=self.device)
         valid = wmap > 0
         if not bool(valid.any()):
             raise PbidrError("texel fit: no chart texel has a colour and four neighbours in its UV island")
-        self.colours = torch.as_tensor(np.clip(colours, LOG_FLOOR, 1.0), dtype=dt, device=device)
-        logc = torch.log(self.colours)
-        self.lum_log = logc.mean(-1)  # Y
-        chroma = (logc - self.lum_log.unsqueeze(-1)).permute(2, 0, 1)[[0, 2]]  # (2, H, W)
-        guide = chroma
-        if cfg.albedo_guide_order >= 2:  # a blend of two albedos is a curve, not a line, in log space
-            guide = torch.cat([chroma, chroma**2, (chroma[0] * chroma[1]).unsqueeze(0)], dim=0)
-        if cfg.dark_level > 0:
-            wmap = wmap * (self.colours.mean(-1) / cfg.dark_level).clamp(max=1.0) ** 2
-        texel = max(chart.texel_size, 1e-12)
-        if cfg.mark_tau > 0:  # albedo marks: chromaticity far from the local skin's
-            local = masked_mean(chroma, wmap, box_kernel(max(1, int(round(cfg.mark_radius_mm / texel)))))
-            wmap = wmap / (1.0 + ((chroma - local).norm(dim=0) / cfg.mark_tau) ** 2)
+        self.colours = torch.as_tensor(np.clip(colours, LOG_FLOOR, 1.0), dtype=torch.float32, device=self.device)
+        if self.cfg.dark_level > 0:
+            wmap = wmap * (self.colours.mean(-1) / self.cfg.dark_level).clamp(max=1.0) ** 2
         self.wmap = wmap
-        if light is not None:
-            self.light = light
-        else:
-            self.light = fit_light(self.ct["normals"][valid], self.colours.mean(-1)[valid], cfg.light_model,
-                                   cfg.light_order, cfg.light_iters)
-            # The light absorbs the albedo's overall scale (the fit is blind to it); choose it so that the
-            # albedo T / s fills [0, 1] (its 99.5th percentile channel is 1), as a texture's would.
-            with torch.no_grad():
-                s0 = self.light.shading(self.ct["normals"][valid]).clamp_min(1e-3)
-                top = torch.quantile((self.colours[valid] / s0[:, None]).amax(-1)[:200_000], 0.995)
-            self.light = Light(self.light.model, self.light.order, self.light.coeffs * float(top))
-        self.known_albedo = None
-        if albedo is not None:  # its log intensity: the data term is then Y - log s(n) - that, no filter
-            self.known_albedo = torch.log(torch.as_tensor(np.clip(albedo, LOG_FLOOR, 1.0), dtype=dt,
-                                                          device=device)).mean(-1)
-        # a known albedo replaces the filter's albedo model (the diagnostics): no filter to build then
-        self.gf = None if self.known_albedo is not None else GuidedFilter(
-            guide, wmap, max(1, int(round(cfg.albedo_radius_mm / texel))), cfg.albedo_eps)
+        self.n_valid = float(valid.sum())  # normalises every term (weights change only the data's)
+        return valid
+
+    def _fit_light(self, valid: torch.Tensor) -> Light:
+        """The diffuse light (and the lobe, with ``specular = auto``) on the coarse normals of the valid
+        texels; its scale makes the albedo (T - q) / s fill [0, 1] (its 99.5th percentile channel is 1),
+        as a texture's would: the fit is blind to the albedo's overall scale."""
+        cfg = self.cfg
+        n, colours = self.ct["normals"][valid], self.colours[valid]
+        light = fit_light(n, colours.mean(-1), cfg.light_model, cfg.light_order, cfg.light_iters)
+        if cfg.specular == "auto":
+            lobe = fit_lobe(n, colours, light, key=light.key_direction())
+            if lobe is not None:  # the diffuse light again, without the highlights
+                light = Light(light.model, light.order, light.coeffs, lobe)
+                diffuse_only = (colours - light.specular(n.double()).float().unsqueeze(-1)).clamp_min(LOG_FLOOR)
+                light = Light(light.model, light.order, fit_light(n, diffuse_only.mean(-1), cfg.light_model,
+                                                                  cfg.light_order, cfg.light_iters).coeffs, lobe)
+        with torch.no_grad():
+            s0 = light.shading(n).clamp_min(1e-3)
+            lit = (colours - light.specular(n).unsqueeze(-1)).clamp_min(0.0)
+            top = torch.quantile((lit / s0[:, None]).amax(-1)[:200_000], 0.995)
+        return Light(light.model, light.order, light.coeffs * float(top), light.lobe)
+
+    def _guide(self) -> torch.Tensor:
+        """The guided filter's guide (G, H, W): the chromaticity of the colours with the coarse shape's lobe
+        taken off (a highlight desaturates), and its squares when the albedo model is quadratic."""
+        logc = torch.log((self.colours - self.specular_coarse.unsqueeze(-1)).clamp_min(LOG_FLOOR))
+        chroma = (logc - logc.mean(-1, keepdim=True)).permute(2, 0, 1)[[0, 2]]  # (2, H, W)
+        if self.cfg.albedo_guide_order >= 2:  # a blend of two albedos is a curve, not a line, in log space
+            return torch.cat([chroma, chroma**2, (chroma[0] * chroma[1]).unsqueeze(0)], dim=0)
+        return chroma
+
+    def _priors_setup(self, seams) -> None:
+        cfg = self.cfg
+        texel = max(self.chart.texel_size, 1e-12)
         self.gauss = gaussian_kernel(cfg.lowpass_sigma_mm / texel)
         self.fine = gaussian_kernel(cfg.finescale_sigma_texels)
-        self.chart_w = torch.as_tensor(chart.mask, dtype=dt, device=device)
-        self.n_valid = float(valid.sum())  # normalises every term (weights change only the data's)
+        self.iso_kernel = gaussian_kernel(cfg.isotropy_sigma_mm / texel)
+        self.chart_w = torch.as_tensor(self.chart.mask, dtype=torch.float32, device=self.device)
         self.texel2 = texel**2
+        self.along, self.across, self.iso_w = self._light_frame()
         if seams is not None and len(seams[0]):
-            self.seam_a = torch.as_tensor(seams[0], device=device)
-            self.seam_b = torch.as_tensor(seams[1], device=device)
+            self.seam_a = torch.as_tensor(seams[0], device=self.device)
+            self.seam_b = torch.as_tensor(seams[1], device=self.device)
         else:
             self.seam_a = self.seam_b = None
 
-    def energy(self, d: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total energy (scalar, differentiable) and its terms (detached) of D (H, W)."""
-        cfg = self.cfg
+    def _light_frame(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per texel: the key light's unit tangential direction (H, W, 3) (what the shading sees), the one
+        across it (the null space) and the isotropy prior's weight (H, W): |l_t| / 0.3 up to 1 (a near-frontal
+        light sees no direction better than another)."""
+        n = self.ct["normals"]
+        key = torch.as_tensor(self.light.key_direction(), dtype=n.dtype, device=n.device)
+        l_t = key - (n @ key).unsqueeze(-1) * n
+        size = l_t.norm(dim=-1)
+        along = l_t / size.clamp_min(1e-6).unsqueeze(-1)
+        across = torch.cross(n, along, dim=-1)
+        return along, across, (size / 0.3).clamp(max=1.0) * self.chart_w
+
+    # ------------------------------------------------------------------ the energy
+    def shading_free(self, d: torch.Tensor) -> torch.Tensor:
+        """p (H, W): the log intensity that the albedo must explain, mean_c log(T_c - q(n)) - log s(n)."""
         n = detailed_normals(self.ct, d)
-        p = self.lum_log - torch.log(self.light.shading(n).clamp_min(1e-3))
+        lit = self.colours
+        if self.light.lobe is not None:
+            lit = (self.colours - self.light.specular(n).unsqueeze(-1)).clamp_min(LOG_FLOOR)
+        return torch.log(lit).mean(-1) - torch.log(self.light.shading(n).clamp_min(1e-3))
+
+    def data_term(self, d: torch.Tensor, marks: torch.Tensor | None = None) -> torch.Tensor:
+        """The robust residual of the albedo model, one-signed marks weighed ``mark_weight``; ``marks`` (H, W)
+        >= 0, the mark layer, darkens the albedo before its model (so a mark leaves its window's fit alone)."""
+        cfg = self.cfg
+        p = self.shading_free(d)
+        if marks is not None:
+            p = p + marks
         r = p - (self.known_albedo if self.gf is None else self.gf.apply(p))
-        data = (torch.sqrt(r**2 + cfg.robust_scale**2) - cfg.robust_scale) * self.wmap
-        e_data = data.sum() / self.n_valid
+        rho = torch.sqrt(r**2 + cfg.robust_scale**2) - cfg.robust_scale
+        if cfg.mark_weight < 1.0:  # darker than the model (r < 0): a mark may explain it at this cost
+            rho = torch.where(r < 0, cfg.mark_weight * rho, rho)
+        return (rho * self.wmap).sum() / self.n_valid
+
+    def isotropy_term(self, d: torch.Tensor) -> torch.Tensor:
+        """The excess of D's across-light gradient energy over ``isotropy_ratio`` x its along-light one,
+        both averaged over ``isotropy_sigma_mm`` (the along-light one held fixed: the prior never asks for
+        relief, it only makes a trail in the null space cost)."""
+        g = surface_gradient(self.ct, d)
+        e_along = masked_mean(((g * self.along).sum(-1) ** 2).unsqueeze(0), self.chart_w, self.iso_kernel)[0]
+        e_across = masked_mean(((g * self.across).sum(-1) ** 2).unsqueeze(0), self.chart_w, self.iso_kernel)[0]
+        excess = (e_across - self.cfg.isotropy_ratio * e_along.detach()).clamp_min(0.0)
+        return (excess * self.iso_w).sum() / self.n_valid
+
+    def prior_terms(self, d: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
+        """Every geometric prior that is on: name -> (weight, term)."""
+        cfg = self.cfg
         low = masked_mean(d.unsqueeze(0), self.chart_w, self.gauss)[0]
-        e_low = ((low**2) * self.chart_w).sum() / self.n_valid
-        e = e_data + cfg.lowpass_weight * e_low
-        terms = {"data": e_data.detach(), "lowpass": e_low.detach()}
+        terms = {"lowpass": (cfg.lowpass_weight, ((low**2) * self.chart_w).sum() / self.n_valid)}
         if cfg.laplacian_weight > 0:
             lap = torch.zeros_like(d)
             lap[1:-1, 1:-1] = (d[2:, 1:-1] + d[:-2, 1:-1] + d[1:-1, 2:] + d[1:-1, :-2] - 4 * d[1:-1, 1:-1]) / self.texel2
-            e_lap = ((lap**2) * self.ct["interior"]).sum() / self.n_valid
-            e = e + cfg.laplacian_weight * e_lap
-            terms["laplacian"] = e_lap.detach()
+            terms["laplacian"] = (cfg.laplacian_weight, ((lap**2) * self.ct["interior"]).sum() / self.n_valid)
         if cfg.finescale_weight > 0:
             fine = d - masked_mean(d.unsqueeze(0), self.chart_w, self.fine)[0]
-            e_fine = ((fine**2) * self.chart_w).sum() / (self.n_valid * self.texel2)
-            e = e + cfg.finescale_weight * e_fine
-            terms["finescale"] = e_fine.detach()
+            terms["finescale"] = (cfg.finescale_weight, ((fine**2) * self.chart_w).sum() / (self.n_valid * self.texel2))
+        if cfg.isotropy_weight > 0:
+            terms["isotropy"] = (cfg.isotropy_weight, self.isotropy_term(d))
         if self.seam_a is not None:
             flat = d.reshape(-1)
-            e_seam = ((flat[self.seam_a] - flat[self.seam_b]) ** 2).mean()
-            e = e + cfg.seam_weight * e_seam
-            terms["seam"] = e_seam.detach()
+            terms["seam"] = (cfg.seam_weight, ((flat[self.seam_a] - flat[self.seam_b]) ** 2).mean())
+        return terms
+
+    def energy(self, d: torch.Tensor, marks: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total energy (scalar, differentiable) and its terms (detached) of D (H, W) and, when the mark layer
+        is on, its m (H, W) >= 0."""
+        use = marks is not None and self.cfg.mark_layer_cost > 0
+        e_data = self.data_term(d, marks if use else None)
+        e = e_data
+        terms = {"data": e_data.detach()}
+        if use:
+            e_marks = (marks * self.wmap).sum() / self.n_valid
+            e = e + self.cfg.mark_layer_cost * e_marks
+            terms["marks"] = e_marks.detach()
+        for name, (weight, term) in self.prior_terms(d).items():
+            e = e + weight * term
+            terms[name] = term.detach()
         return e, terms
 
     def albedo(self, d: torch.Tensor) -> torch.Tensor:
-        """The albedo map (H, W, 3) that D leaves: colour / shading(n(D)), in [0, 1]."""
+        """The albedo map (H, W, 3) that D leaves: (colour - lobe) / shading(n(D)), in [0, 1]."""
         with torch.no_grad():
-            s = self.light.shading(detailed_normals(self.ct, d)).clamp_min(1e-3)
-            return (self.colours / s.unsqueeze(-1)).clamp(0.0, 1.0)
+            n = detailed_normals(self.ct, d)
+            s = self.light.shading(n).clamp_min(1e-3)
+            lit = self.colours - self.light.specular(n).unsqueeze(-1)
+            return (lit / s.unsqueeze(-1)).clamp(0.0, 1.0)
 
-    def learning_rate(self, step: int, total: int) -> float:
-        """Cosine decay from ``learning_rate`` to ``final_lr_fraction`` of it over ``total`` steps."""
-        cfg = self.cfg
+    def learning_rate(self, step: int, total: int, base: float) -> float:
+        """Cosine decay from ``base`` to ``final_lr_fraction`` of it over ``total`` steps."""
+        frac = self.cfg.final_lr_fraction
         t = min(1.0, step / max(1, total))
-        return cfg.learning_rate * (cfg.final_lr_fraction + (1.0 - cfg.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t)))
+        return base * (frac + (1.0 - frac) * 0.5 * (1 + math.cos(math.pi * t)))
 
     def open_levels(self, step: int) -> int:
         """How many grid levels (coarsest first) may move at ``step`` (all when ``level_steps`` is 0)."""
@@ -408,12 +418,17 @@ class TexelObjective:
         return 1 + step // self.cfg.level_steps
 
 
-def adam_step(objective: TexelObjective, grids: "DisplacementGrids", optimizer: torch.optim.Optimizer,
+def _chart_tensors(chart: TexelChart, device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(getattr(chart, k), dtype=torch.float32, device=device)
+            for k in ("normals", "grad_u", "grad_v", "interior")}
+
+
+def adam_step(objective: TexelObjective, grids: DisplacementGrids, optimizer: torch.optim.Optimizer,
               step: int) -> dict[str, float]:
     """One step of the texel fit: energy of the whole chart, gradients, closed levels held, Adam (at
     the learning rate the caller set)."""
     optimizer.zero_grad(set_to_none=True)
-    e, terms = objective.energy(grids())
+    e, terms = objective.energy(grids(), grids.mark_layer())
     if not torch.isfinite(e):
         raise FloatingPointError({"energy": float(e), **{k: float(v) for k, v in terms.items()}})
     e.backward()
@@ -448,7 +463,7 @@ def fit_detail(chart: TexelChart, colours: np.ndarray, config: FitConfig | None 
     history = []
     for step in range(cfg.steps):
         for group in opt.param_groups:
-            group["lr"] = objective.learning_rate(step, cfg.steps)
+            group["lr"] = objective.learning_rate(step, cfg.steps, cfg.learning_rate)
         terms = adam_step(objective, grids, opt, step)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             history.append({"step": step, **terms, "seconds": time.perf_counter() - t0})

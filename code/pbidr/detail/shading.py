@@ -1,6 +1,8 @@
 """The texel fit's image model as a shading callable for the explicit renderer
-(``pbidr.evaluation.render_explicit``): colour = albedo map (at the hit's UV) x the fitted light of
-the rendered mesh's normal; the fit has no specular term (its light is grey and diffuse)."""
+(``pbidr.evaluation.render_explicit``): colour = albedo map (at the hit's UV) x the fitted diffuse light of
+the rendered mesh's normal + the fitted grey glossy lobe of that normal (zero when the texture held none).
+The parts are PBIDR's: albedo, diffuse shading, specular. The lobe is the one the texture holds (its
+half-vector fixed, as baked into the texture), not a function of the render's own view."""
 
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ class MapShading:
         with torch.no_grad():
             albedo = self.field.sample_map(self.albedo, torch.as_tensor(uv, dtype=torch.float32)).numpy()
             shade = self.light.shading(torch.as_tensor(normals, dtype=torch.float64)).clamp_min(0.0).numpy()
+            lobe = self.light.specular(torch.as_tensor(normals, dtype=torch.float64)).numpy()
         diffuse = np.repeat(shade[:, None], 3, axis=1)
-        return {"rgb": np.clip(albedo * diffuse, 0.0, 1.0), "diffuse": np.clip(diffuse, 0.0, 1.0),
-                "specular": np.zeros_like(diffuse), "albedo": np.clip(albedo, 0.0, 1.0)}
+        specular = np.repeat(lobe[:, None], 3, axis=1)
+        return {"rgb": np.clip(albedo * diffuse + specular, 0.0, 1.0), "diffuse": np.clip(diffuse, 0.0, 1.0),
+                "specular": np.clip(specular, 0.0, 1.0), "albedo": np.clip(albedo, 0.0, 1.0)}

@@ -35,8 +35,7 @@ def map_resolution(resolution: int, mesh: TexturedMesh) -> int:
 def fit_config(texel: TexelConfig, dmap: DisplacementMapConfig, learning_rate: float, iters: int = 0) -> FitConfig:
     """FitConfig from a run's ``loss.texel``, ``model.displacement_map``, ``train.learning_rate`` and
     ``train.iters``, the step count when it is set (the trainer counts its own steps)."""
-    names = {f.name for f in fields(FitConfig)}
-    values = {f.name: getattr(texel, f.name) for f in fields(texel) if f.name in names}
+    values = {f.name: getattr(texel, f.name) for f in fields(TexelConfig)}
     values.update(finest_level=dmap.finest_level, coarsest_level=dmap.coarsest_level,
                   max_displacement_mm=dmap.max_displacement, learning_rate=learning_rate)
     if iters > 0:
@@ -82,7 +81,7 @@ class TexelSolver:
         self.optimizer = torch.optim.Adam(self.field.grids.parameters(), lr=self.cfg.learning_rate)
         base = self.cfg.learning_rate
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: self.objective.learning_rate(step, self.total_steps) / base)
+            self.optimizer, lambda step: self.objective.learning_rate(step, self.total_steps, base) / base)
         self.field.set_light(self.objective.light)
 
     def step(self, step: int) -> dict[str, float]:

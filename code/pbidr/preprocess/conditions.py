@@ -51,15 +51,14 @@ class Lighting:
                                    "-1: the classic sample's light, 34.8 deg upper left)", -1.0, 89.0)
     azimuth_deg: float = _knob(0.0, "key light's azimuth in the image plane (0 right, 90 above, 180 left)",
                                -360.0, 360.0)
-    ambient: float = _knob(0.35, "uniform ambient light (sky)", 0.0, 2.0)
+    ambient: float = _knob(0.35, "uniform ambient light (cycles: a sky, which creases occlude)", 0.0, 2.0)
     diffuse: float = _knob(0.65, "key light's strength (Lambert)", 0.0, 2.0)
     fill: float = _knob(0.0, "a second, soft diffuse light's strength (0: none)", 0.0, 2.0)
     fill_angle_deg: float = _knob(40.0, "the fill light's angle from the front", 0.0, 89.0)
     fill_azimuth_deg: float = _knob(-1.0, "the fill light's azimuth (-1: opposite the key)", -1.0, 360.0)
     specular: float = _knob(0.0, "grey Blinn-Phong lobe's strength (glossy skin; 0: matte)", 0.0, 2.0)
     exponent: float = _knob(20.0, "the lobe's exponent (larger: a smaller, sharper highlight)", 1.0, 1000.0)
-    key_size_mm: float = _knob(60.0, "cycles: the key's area-light size (its penumbra)", 1.0, 1000.0)
-    sky: float = _knob(0.5, "cycles: the world (sky) light's strength, which also occludes creases", 0.0, 10.0)
+    key_size_mm: float = _knob(300.0, "cycles: the key's area-light size at 1 m (its penumbra)", 1.0, 2000.0)
 
     @property
     def key_direction(self) -> tuple[float, float, float]:
@@ -109,6 +108,7 @@ class FaceConditions:
     misfit_mm: float = _knob(0.0, "the coarse mesh is off the truth by a smooth field of up to this (mm)", 0.0, 5.0)
     renderer: str = _knob("analytic", "analytic (albedo x Lambert + lobe, per texel) or cycles (Blender path "
                                       "tracer: area lights, shadows, interreflection)", choices=RENDERERS)
+    cycles_samples: int = _knob(32, "cycles: samples per texel (32: about 1.4 % noise)", 1, 4096)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -152,12 +152,15 @@ PRESETS: dict[str, dict[str, object]] = {
                    "lighting.exponent": 30.0, "lighting.fill": 0.15, "marks.grey": 150, "marks.moles": 6,
                    "marks.hair": 400, "marks.hemoglobin": 20, "detail.pores": 0.05, "detail.wrinkles": 5,
                    "detail.folds": 3, "misfit_mm": 1.5},
+    # path traced (Blender Cycles): soft key + fill + sky, shadows, interreflection, glossy skin; brown
+    # freckles, moles, hair-streaked brows, pores
     "cycles": {"renderer": "cycles", "lighting.angle_deg": 40.0, "lighting.azimuth_deg": 35.0,
-               "lighting.fill": 0.25, "lighting.specular": 0.35, "marks.moles": 6, "marks.hair": 500,
-               "detail.pores": 0.05},
+               "lighting.ambient": 0.25, "lighting.fill": 0.25, "lighting.specular": 0.35, "lighting.exponent": 60.0,
+               "marks.moles": 6, "marks.hair": 500, "detail.pores": 0.05},
     "cycles-misfit": {"renderer": "cycles", "lighting.angle_deg": 40.0, "lighting.azimuth_deg": 35.0,
-                      "lighting.fill": 0.25, "lighting.specular": 0.35, "marks.moles": 6, "marks.hair": 500,
-                      "detail.pores": 0.05, "misfit_mm": 1.5},
+                      "lighting.ambient": 0.25, "lighting.fill": 0.25, "lighting.specular": 0.35,
+                      "lighting.exponent": 60.0, "marks.moles": 6, "marks.hair": 500, "detail.pores": 0.05,
+                      "misfit_mm": 1.5},
 }
 
 
@@ -188,7 +191,8 @@ def _coerce(key: str, f, value):
         else:
             v = str(value)
     except (TypeError, ValueError):
-        raise PbidrError(f"{key}={value!r}: not a {kind.__name__}") from None
+        what = {int: "an integer", float: "a finite number", bool: "true or false"}.get(kind, "a string")
+        raise PbidrError(f"{key}={value!r}: expected {what}") from None
     meta = f.metadata
     if meta.get("choices") and v not in meta["choices"]:
         raise PbidrError(f"{key}={v!r}: must be one of {', '.join(meta['choices'])}")

@@ -22,12 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
+from pbidr.preprocess.conditions import Lighting
 from pbidr.preprocess.cycles import CyclesBake, CyclesLighting, CyclesSkin, DEFAULT_SAMPLES, bake_textures
-from pbidr.preprocess.sample import (TexelFields, coarse_normal, coarse_surface, displacement_uv, grid_faces,
-                                     texel_fields)
+from pbidr.preprocess.face_model import Face, coarse_normal, coarse_surface, grid_faces
+from pbidr.preprocess.face_texture import TexelFields, texel_fields
 from pbidr.utils.images import contact_sheet, to_uint8, write_png
 
 FACE_GRID = (301, 401)  # vertices along u and v: a 0.5 mm grid
+FILL_SIZE_MM = 800.0
+SKY_GRADIENT = 0.3
 
 
 @dataclass
@@ -41,15 +44,19 @@ class FaceBakeInputs:
     fields: TexelFields  # albedo, true displacement, today's Lambert shading, per texel
 
 
-def procedural_face(texture_size: int = 1024, grid: tuple[int, int] = FACE_GRID, seed: int = 0) -> FaceBakeInputs:
-    """The detailed procedural face on an (nu, nv) vertex grid, with the bump map of what that grid
-    misses at each texel of a ``texture_size`` texture."""
+def procedural_face(texture_size: int = 1024, grid: tuple[int, int] = FACE_GRID, seed: int = 0,
+                    face: Face | None = None, fields: TexelFields | None = None) -> FaceBakeInputs:
+    """The detailed procedural face (``face``: its conditions and seed; default the classic one) on an
+    (nu, nv) vertex grid, the true surface the texture is shaded on (no misfit), with the bump map of what
+    that grid misses at each texel of a ``texture_size`` texture."""
+    face = Face(seed=seed) if face is None else face
     nu, nv = grid
     gu, gv = np.meshgrid(np.linspace(0.0, 1.0, nu), np.linspace(0.0, 1.0, nv))
     u, v = gu.reshape(-1), gv.reshape(-1)
-    disp = displacement_uv(u, v, seed)
+    disp = face.displacement(u, v)
     vertices = coarse_surface(u, v) + disp[:, None] * coarse_normal(u, v)
-    fields = texel_fields(texture_size, seed)
+    if fields is None:
+        fields = texel_fields(texture_size, face.seed, face.conditions)
     bump = fields.displacement - grid_interpolant(disp.reshape(nv, nu), fields.u, fields.v)
     return FaceBakeInputs(vertices=vertices, faces=grid_faces(nu, nv), uv=np.stack([u, v], axis=1),
                           bump_mm=bump.astype(np.float32), fields=fields)
@@ -92,6 +99,31 @@ def bake_procedural_face(texture_size: int = 1024, samples: int = DEFAULT_SAMPLE
                          [(lighting or studio_lighting(), skin or glossy_skin())], samples=samples, seed=seed,
                          bump_mm=face.bump_mm, threads=threads)[0]
     return face, bake
+
+
+def cycles_setup(lighting: Lighting) -> tuple[CyclesLighting, CyclesSkin]:
+    """A sample's conditions as Cycles lights and skin: the key (Lambert strength ``diffuse``, an area light
+    of ``key_size_mm``), the fill, a sky of ``ambient`` (a little brighter above), and a glossy lobe of
+    Blinn-Phong ``exponent`` as a GGX roughness (alpha = sqrt(2 / (e + 2)), roughness = sqrt(alpha)) whose
+    strength ``specular`` 0.35 is an IOR-1.4 dielectric's (Principled specular 1)."""
+    light = CyclesLighting(key_direction=lighting.key_direction, key_strength=lighting.diffuse,
+                           key_size_mm=lighting.key_size_mm, fill_direction=lighting.fill_direction,
+                           fill_strength=lighting.fill, fill_size_mm=FILL_SIZE_MM, sky_strength=lighting.ambient,
+                           sky_gradient=SKY_GRADIENT)
+    roughness = float((2.0 / (lighting.exponent + 2.0)) ** 0.25)
+    return light, CyclesSkin(roughness=roughness, specular=float(min(2.0, lighting.specular / 0.35)))
+
+
+def cycles_texture(fields: TexelFields, face: Face) -> np.ndarray:
+    """The texture (T, T, 3) in [0, 1] that Cycles bakes of ``face`` under its conditions (``cycles_samples``
+    per texel): what ``pbidr sample`` writes for ``renderer = cycles``."""
+    inputs = procedural_face(face.conditions.texture_size, FACE_GRID, face.seed, face, fields)
+    lighting, skin = cycles_setup(face.conditions.lighting)
+    bake = bake_textures(inputs.vertices, inputs.faces, inputs.uv, inputs.faces, fields.albedo,
+                         face.conditions.texture_size, [(lighting, skin)], samples=face.conditions.cycles_samples,
+                         seed=face.seed,
+                         bump_mm=inputs.bump_mm)[0]
+    return bake.texture
 
 
 def comparison_sheet(face: FaceBakeInputs, bake: CyclesBake) -> np.ndarray:

@@ -11,7 +11,7 @@ Kinds (:class:`pbidr.preprocess.conditions.Marks`) and why each is there:
 * ``stubble``: small dark dots on the chin, jaw and upper lip.
 
 Each kind is a strength map (T, T) in [0, 1] in the texture's layout; the albedo is multiplied by
-``1 - strength * tint`` (per channel); the kind's mask is ``strength > MASK_LEVEL``.
+``1 - strength * tint`` (per channel); the kind's mask is ``strength > mask_level(kind)``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ MARK_TINT = {
     "stubble": (0.55, 0.55, 0.55),
 }
 MASK_LEVEL = 0.2
+THIN_MASK_LEVEL = 0.05  # hairs and stubble: thinner than a texel at 512-1024, so drawn faint
 _SALT = {"melanin": 3, "grey": 4, "moles": 8, "hemoglobin": 9, "hair": 10, "stubble": 11}
 
 
@@ -59,9 +60,16 @@ def _composite(t: int, rr: np.ndarray, cc: np.ndarray, value: np.ndarray) -> np.
 
 
 def _discs(t: int, pos: np.ndarray, radius: np.ndarray, strength: np.ndarray, reach_mm: float,
-           soft: bool = False) -> np.ndarray:
+           soft: bool = False, subtexel: bool = True) -> np.ndarray:
     """Discs of ``radius`` (n,) mm at ``pos`` (n, 2): a hard edge (smoothstep over the outer 40 %) or,
-    ``soft``, a Gaussian of sigma radius / 2."""
+    ``soft``, a Gaussian of sigma radius / 2. ``subtexel``: a disc smaller than a texel is drawn a texel
+    wide and proportionally fainter (the same darkness in all), so small marks do not vanish between
+    texel centres (off for the classic freckles, which stay as they were)."""
+    if subtexel:
+        least = 0.6 * FACE_WIDTH_MM / t
+        wide = np.maximum(radius, least)
+        strength, radius = strength * (radius / wide) ** 2, wide
+        reach_mm = max(reach_mm, float(radius.max()))
     rr, cc, px, py = _windows(t, pos, reach_mm)
     dist = np.hypot(px - pos[:, 0, None, None], py - pos[:, 1, None, None]) / radius[:, None, None]
     profile = np.exp(-2.0 * dist**2) * (dist < 2.0) if soft else _smoothstep(0.0, 0.4, 1.0 - dist)
@@ -88,7 +96,7 @@ def freckles(texture_size: int, seed: int, n: int, salt: int = _SALT["melanin"])
     pos = _cheeks_and_nose(rng, n)
     radius = rng.uniform(0.5, 1.3, n)
     strength = rng.uniform(0.6, 1.0, n)
-    return _discs(texture_size, pos, radius, strength, 1.3)
+    return _discs(texture_size, pos, radius, strength, 1.3, subtexel=salt != _SALT["melanin"])
 
 
 def moles(texture_size: int, seed: int, n: int) -> np.ndarray:
@@ -152,6 +160,11 @@ def hairs(texture_size: int, seed: int, n: int) -> np.ndarray:
     angle = np.where(side > 0, angle, np.pi - angle)  # mirrored on the face's other side
     length = np.where(np.arange(n) < n_brow, rng.uniform(3.0, 7.0, n), rng.uniform(2.0, 5.0, n))
     return _strokes(texture_size, start, angle, length, rng.uniform(0.06, 0.12, n), rng.uniform(0.6, 0.9, n))
+
+
+def mask_level(kind: str) -> float:
+    """The strength above which a texel is in a kind's mask."""
+    return THIN_MASK_LEVEL if kind in ("hair", "stubble") else MASK_LEVEL
 
 
 def mark_layers(texture_size: int, seed: int, marks: Marks) -> dict[str, np.ndarray]:
