@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pbidr import __version__
+from pbidr.version import __version__
 from pbidr.commands.args import OneLineParser
 from pbidr.commands.batch import add_batch_parser
 from pbidr.commands.bench import add_bench_parser

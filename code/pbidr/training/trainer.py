@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pbidr import __version__
+from pbidr.version import __version__
 from pbidr.datasets.scan import RaySampler, ScanData, load_scan, resize_camera
 from pbidr.detail.solver import TexelSolver, fit_config, map_resolution
 from pbidr.errors import PbidrError
