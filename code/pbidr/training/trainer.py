@@ -27,6 +27,7 @@ import random
 import shutil
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -516,7 +517,11 @@ class Trainer:
         cadence = Cadence(checkpoint_freq=tc.checkpoint_freq, plot_freq=tc.plot_freq,
                           checkpoint_seconds=tc.checkpoint_seconds)
         self._start_log()
-        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        # Only the main thread may set signal handlers; a run in another thread (pbidr.recover in a
+        # notebook's background thread) stops with its process, without the last checkpoint.
+        in_main = threading.current_thread() is threading.main_thread()
+        old_handlers = ({s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+                        if in_main else {})
         clock = LoopClock(t_start=time.perf_counter(), start_step=self.step)
         last: dict[str, float] = {}
         bar = progress_bar(total=self.total_steps, initial=self.step, desc="train", unit="it",
