@@ -196,7 +196,8 @@ def recover(mesh: str | Path, out: str | Path, preset: str = "detail", device: s
     by its path with ``__`` for the dots (``loss__texel__seam_weight=5``), as ``pbidr train --set``;
     the view rig of preprocess (``yaw``, ``yaw_angle``, ``pitch``, ``pitch_angle``, ``res``,
     ``distance``, ``fov``, ``front``, ``up``); eval's ``mc_resolution`` (512) and ``eval_views``
-    (``default``, ``all`` or ``[1, 9, 17]``).
+    (``default``, ``all`` or 1-based numbers like ``[1, 9, 17]``; the default: the frontal view and the
+    two extreme yaws of the rig).
     """
     plan = _plan(mesh, out, preset, conf, device, overwrite, progress, overrides)
     _run_stages(plan, units, overwrite, progress)

@@ -34,7 +34,7 @@ def test_readme_example_runs_and_its_numbers_are_the_runs(readme_run):
     assert float(lines[3]) == pytest.approx(metrics["score"]["normal_error_ratio"])
     # the maps: the texture's layout, displacement.exr's numbers, an albedo that is the sample's skin
     d_mm, albedo = names["d_mm"], names["albedo"]
-    assert d_mm.shape == (64, 64) and albedo.shape == (64, 64, 3) and albedo.dtype == np.float32
+    assert d_mm.shape == (128, 128) and albedo.shape == (128, 128, 3) and albedo.dtype == np.float32
     np.testing.assert_array_equal(d_mm, read_exr(out / "run" / "eval" / "displacement.exr"))
     assert 0.3 < float(albedo.mean()) < 0.95 and float(albedo.min()) >= 0.0 and float(albedo.max()) <= 1.0
     # the light: the sample's texture is lit from its LIGHT_DIRECTION, and the fit finds it
@@ -134,3 +134,31 @@ def _catching(failures: list, call) -> None:
         call()
     except BaseException as exc:  # noqa: BLE001 -- reported to the test's thread
         failures.append(exc)
+
+
+def test_the_api_docs_and_the_command_lines_help_say_the_same(capsys):
+    """recover's docstring names what the command line's flags name, with the same defaults and choices."""
+    from pbidr import api
+    from pbidr.commands.main import build_parser, main
+    from pbidr.training.conf import PRESETS
+
+    doc = " ".join(api.recover.__doc__.split())
+    helps = {}
+    for sub in ("preprocess", "train", "eval"):
+        assert main([sub, "--help"]) == 0
+        helps[sub] = " ".join(capsys.readouterr().out.split())
+    for name in api.RIG_OPTIONS:  # the view rig: preprocess's flags
+        assert f"--{name.replace('_', '-')}" in helps["preprocess"] and f"``{name}``" in doc, name
+    for preset in PRESETS:
+        assert preset in helps["train"] and f"``{preset}``" in doc, preset
+    eval_parser = build_parser()._subparsers._group_actions[0].choices["eval"]
+    defaults = {a.dest: a.default for a in eval_parser._actions}
+    assert api.EVAL_OPTIONS["mc_resolution"] == defaults["mc_resolution"] and "``mc_resolution`` (512)" in doc
+    assert api.EVAL_OPTIONS["eval_views"] == defaults["views"] and "``default``, ``all``" in doc
+    assert "default|all|I,J,K" in helps["eval"] and "the frontal view and the two extreme yaws" in helps["eval"]
+    assert "the frontal view and the two extreme yaws" in doc
+    for unit in ("mm", "cm", "m"):
+        assert f"``{unit}``" in doc and unit in helps["preprocess"]
+    for device in ("auto", "cpu", "cuda"):
+        assert f"``{device}" in doc and device in helps["train"]
+    assert "--set" in helps["train"] and "as ``pbidr train --set``" in doc
