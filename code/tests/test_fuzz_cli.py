@@ -21,6 +21,7 @@ from PIL import Image
 
 from pbidr.commands import args as argtypes
 from pbidr.commands import main as cli, rig
+from pbidr.commands import view as view_args
 from pbidr.commands.batch import _stages
 from pbidr.geometry.cameras import Rig
 from pbidr.preprocess.pipeline import preprocess
@@ -65,6 +66,8 @@ def _base(world, new) -> dict[str, list[tuple[str, str, str | None]]]:
         "batch": [("inputs", "-i", str(w / "inputs")), ("out", "-o", new()), ("conf", "--conf", str(w / "tiny.conf")),
                   ("stages", "--stages", "preprocess"), ("res", "--res", "16"), ("yaw", "--yaw", "1"),
                   ("quiet", "--quiet", None)],
+        # view: a valid command line serves until stopped; every case below must fail before it serves
+        "view": [("input", "-i", str(w / "sample" / "mesh.obj")), ("port", "--port", "0")],
         "bench": [("what", "", "render"), ("res", "--res", "16"), ("views", "--views", "1"),
                   ("repeat", "--repeat", "1"), ("workdir", "--workdir", new()), ("quiet", "--quiet", None)],
     }
@@ -99,6 +102,8 @@ def _typed_bad(action: argparse.Action, rng: random.Random) -> list[str]:
         return [g, "-1", "last"]
     if t is _stages:
         return [g, "train,foo", ","]
+    if t is view_args.port_arg:
+        return [g, "-1", "65536", "2.5"]
     return []
 
 
@@ -119,6 +124,7 @@ def _string_bad(sub: str, dest: str, world, rng: random.Random) -> list[str]:
                 rng.choice(["train.batch_size=[1,", "model.sdf_network.dims=[64,", "train.iters=${x}"]),
                 "train.iters=5, train.seed=1"],
         "address": ["127.0.0.1:1"],       # with --engine local
+        "host": ["999.1.2.3", "8.8.8.8"],  # no such address; not one of this machine's
         "workdir": [afile],
         "json": [folder],
     }
@@ -203,7 +209,7 @@ def test_every_flag_of_every_subcommand(world, tmp_path, capsys):
     print(f"command-line fuzz: {stats['cases']} cases over {len(flags_done)} flags, "
           f"{stats['tracebacks']} tracebacks, {total:.1f} s")
     assert stats["tracebacks"] == 0
-    assert len({s for s, _ in flags_done}) == 8 and stats["cases"] > 150, stats
+    assert len({s for s, _ in flags_done}) == 9 and stats["cases"] > 150, stats
     assert total < 30, total
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import threading
 
 from pbidr.commands.args import nonneg_int, positive_int
+from pbidr.errors import PbidrError
 
 # pbidr.view (numpy, trimesh, viser) is imported when the command runs: `pbidr --help` needs only the
 # flags. The face budget is repeated here for the same reason; test_view checks it is display's.
@@ -24,8 +26,9 @@ def add_view_parser(subparsers) -> argparse.ArgumentParser:
                     "extra: pip install -e .[view].")
     p.add_argument("--input", "-i", required=True, metavar="PATH",
                    help="a run of pbidr train with its eval, an eval folder, a pbidr batch output (a subject picker), "
-                        "a folder written by pbidr.recover, or a mesh file (.obj, .ply, .glb, .gltf) shown alone")
-    p.add_argument("--port", type=nonneg_int, default=8080,
+                        "a folder written by pbidr.recover, or a mesh file (.obj, .ply, .glb, .gltf) or a folder "
+                        "holding mesh.*, shown alone")
+    p.add_argument("--port", type=port_arg, default=8080,
                    help="port to serve on (default 8080; the next free one when it is taken; 0: any free port)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens the page to "
@@ -38,11 +41,31 @@ def add_view_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def port_arg(text: str) -> int:
+    value = nonneg_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {text}")
+    return value
+
+
+def check_host(host: str) -> None:
+    """The server can listen on ``host`` (viser would otherwise try port after port on it, for ever)."""
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.bind(infos[0][4])
+    except (OSError, UnicodeError) as exc:
+        raise PbidrError(f"--host {host}: cannot listen on it ({exc.__class__.__name__}: "
+                         f"{getattr(exc, 'strerror', None) or exc}); use 127.0.0.1, or 0.0.0.0 for every "
+                         "network interface") from None
+
+
 def cmd_view(args: argparse.Namespace) -> int:
     from pbidr.view.page import ViewerPage, import_viser, start_server, stop_server
     from pbidr.view.sources import describe, resolve_source
 
     source = resolve_source(args.input)  # a bad path fails before a server starts
+    check_host(args.host)
     import_viser()
     server = start_server(args.host, args.port)
     url = f"http://{'localhost' if args.host in ('0.0.0.0', '::') else args.host}:{server.get_port()}"
