@@ -30,8 +30,9 @@ from typing import Any, Callable, Iterator, Union
 import numpy as np
 
 from pbidr.errors import PbidrError
-from pbidr.evaluation.results import (RUN_DIR, SCAN_DIR, EvalMetrics, FittedLight, Score, eval_checkpoint,
-                                      eval_metrics, find_eval_dir, read_metrics)
+from pbidr.batch.state import SubjectPaths
+from pbidr.evaluation.results import (EvalMetrics, FittedLight, Score, eval_checkpoint, eval_metrics, find_eval_dir,
+                                      read_metrics)
 from pbidr.utils.progress import ProgressEvent
 
 __all__ = ["recover", "load_result", "score", "make_sample", "Result", "ResultPaths", "EvalMetrics", "Score",
@@ -158,23 +159,16 @@ def make_sample(out: str | Path, seed: int = 0, grid: tuple[int, int] | None = N
 
 @dataclass
 class _Plan:
-    """Everything recover checked before the first stage runs."""
+    """Everything recover checked before the first stage runs; ``out`` is laid out as a subject of
+    ``pbidr batch`` (scan/, run/, run/eval/), so that both are read the same way."""
 
     mesh: Path
-    root: Path
+    out: SubjectPaths
     conf_path: Path
     conf_overrides: dict[str, Any]
     rig: Any
     eval_options: dict[str, Any]
     device: Any
-
-    @property
-    def scan(self) -> Path:
-        return self.root / SCAN_DIR
-
-    @property
-    def run(self) -> Path:
-        return self.root / RUN_DIR
 
 
 def recover(mesh: str | Path, out: str | Path, preset: str = "detail", device: str = "auto", *,
@@ -201,7 +195,7 @@ def recover(mesh: str | Path, out: str | Path, preset: str = "detail", device: s
     """
     plan = _plan(mesh, out, preset, conf, device, overwrite, progress, overrides)
     _run_stages(plan, units, overwrite, progress)
-    return load_result(plan.root)
+    return load_result(plan.out.root)
 
 
 def _plan(mesh, out, preset, conf, device, overwrite: bool, progress: Progress, overrides: dict[str, Any]) -> _Plan:
@@ -225,7 +219,7 @@ def _plan(mesh, out, preset, conf, device, overwrite: bool, progress: Progress, 
     mc = eval_options["mc_resolution"]
     if isinstance(mc, bool) or not isinstance(mc, int) or mc < 8:
         raise PbidrError(f"recover(mc_resolution={mc!r}): must be an integer of at least 8")
-    plan = _Plan(mesh=mesh, root=root, conf_path=conf_path, conf_overrides=conf_overrides, rig=rig,
+    plan = _Plan(mesh=mesh, out=SubjectPaths(root), conf_path=conf_path, conf_overrides=conf_overrides, rig=rig,
                  eval_options=eval_options, device=pick_device(device))
     _check_outputs(plan, overwrite)
     return plan
@@ -268,13 +262,13 @@ def _check_outputs(plan: _Plan, overwrite: bool) -> None:
     from pbidr.training.checkpoints import is_run_dir
     from pbidr.utils.outputs import check_output
 
-    check_output(plan.scan, "preprocess", overwrite, flag="out/scan")
-    if plan.run.is_dir() and is_run_dir(plan.run):
+    check_output(plan.out.scan, "preprocess", overwrite, flag="out/scan")
+    if plan.out.run.is_dir() and is_run_dir(plan.out.run):
         if not overwrite:
-            raise PbidrError(f"{plan.run}: already holds a training run; pass overwrite=True to replace it, "
+            raise PbidrError(f"{plan.out.run}: already holds a training run; pass overwrite=True to replace it, "
                              "or choose another out")
     else:
-        check_output(plan.run, "train", overwrite, flag="out/run")
+        check_output(plan.out.run, "train", overwrite, flag="out/run")
 
 
 def _run_stages(plan: _Plan, units: str | None, overwrite: bool, progress: Progress) -> None:
@@ -284,16 +278,16 @@ def _run_stages(plan: _Plan, units: str | None, overwrite: bool, progress: Progr
     from pbidr.training.trainer import Trainer
 
     with _reporting(progress, "preprocess") as shown:
-        preprocess(plan.mesh, plan.scan, plan.rig, device=str(plan.device), progress=shown, overwrite=overwrite,
+        preprocess(plan.mesh, plan.out.scan, plan.rig, device=str(plan.device), progress=shown, overwrite=overwrite,
                    units=units)
     with _reporting(progress, "train") as shown:
-        trained = Trainer(plan.scan, plan.run, plan.conf_path, plan.conf_overrides, device=plan.device,
+        trained = Trainer(plan.out.scan, plan.out.run, plan.conf_path, plan.conf_overrides, device=plan.device,
                           progress=shown, overwrite=overwrite).run()
     if trained.interrupted:
         raise KeyboardInterrupt  # Ctrl-C during the fit: its checkpoint is saved
     views = plan.eval_options["eval_views"]
     with _reporting(progress, "eval") as shown:
-        evaluate(plan.run, mc_resolution=plan.eval_options["mc_resolution"], device=plan.device, progress=shown,
+        evaluate(plan.out.run, mc_resolution=plan.eval_options["mc_resolution"], device=plan.device, progress=shown,
                  overwrite=overwrite, views=",".join(map(str, views)) if isinstance(views, (list, tuple)) else views)
 
 

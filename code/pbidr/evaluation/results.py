@@ -21,7 +21,6 @@ from pbidr.errors import PbidrError
 from pbidr.evaluation.run_eval import EVAL_DIR
 
 RUN_DIR = "run"
-SCAN_DIR = "scan"
 METRICS = "metrics.json"
 
 
