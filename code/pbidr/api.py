@@ -45,40 +45,32 @@ RIG_OPTIONS = ("yaw", "yaw_angle", "pitch", "pitch_angle", "res", "distance", "f
 EVAL_OPTIONS = {"mc_resolution": 512, "eval_views": "default"}
 
 
+# ResultPaths' files of eval (pbidr.evaluation.run_eval)
+EVAL_FILES = {"detailed": "detailed.obj", "detailed_dense": "detailed_subdivided.obj", "glb": "detailed.glb",
+              "displacement_exr": "displacement.exr", "compare": "compare.png", "metrics": "metrics.json"}
+
+
 @dataclass(frozen=True)
 class ResultPaths:
     """Where a run's outputs are: ``scan`` (pbidr preprocess; None when it is gone), ``run`` (pbidr
-    train), ``eval`` (pbidr eval) and the files people open."""
+    train), ``eval`` (pbidr eval), and the files people open: ``detailed`` (the coarse mesh with every
+    vertex displaced: same topology, UVs and texture), ``detailed_dense`` (the coarse mesh subdivided to
+    about a texel, then displaced), ``glb`` (the dense mesh for Blender and glTF viewers, in metres),
+    ``displacement_exr`` (mm), ``compare`` (coarse vs detailed vs truth, shaded) and ``metrics``."""
 
     scan: Path | None
     run: Path
     eval: Path
+    detailed: Path
+    detailed_dense: Path
+    glb: Path
+    displacement_exr: Path
+    compare: Path
+    metrics: Path
 
-    @property
-    def detailed(self) -> Path:
-        """The coarse mesh with every vertex displaced (same topology, UVs and texture)."""
-        return self.eval / "detailed.obj"
-
-    @property
-    def detailed_dense(self) -> Path:
-        """The dense detailed mesh (the coarse mesh subdivided to about a texel, then displaced)."""
-        return self.eval / "detailed_subdivided.obj"
-
-    @property
-    def glb(self) -> Path:
-        return self.eval / "detailed.glb"
-
-    @property
-    def displacement_exr(self) -> Path:
-        return self.eval / "displacement.exr"
-
-    @property
-    def compare(self) -> Path:
-        return self.eval / "compare.png"
-
-    @property
-    def metrics(self) -> Path:
-        return self.eval / "metrics.json"
+    @classmethod
+    def of(cls, eval_dir: Path, scan: Path | None) -> "ResultPaths":
+        return cls(scan=scan, run=eval_dir.parent, eval=eval_dir, **{k: eval_dir / v for k, v in EVAL_FILES.items()})
 
 
 class Result:
@@ -89,7 +81,7 @@ class Result:
         eval_dir = Path(eval_dir).absolute()  # the paths stay right when the caller changes folder
         metrics = read_metrics(eval_dir)
         scan = Path(str(metrics.get("scan_dir", "")))
-        self.paths = ResultPaths(scan=scan if scan.is_dir() else None, run=eval_dir.parent, eval=eval_dir)
+        self.paths = ResultPaths.of(eval_dir, scan if scan.is_dir() else None)
         self.metrics: EvalMetrics = eval_metrics(metrics)
 
     def __repr__(self) -> str:
