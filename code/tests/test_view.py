@@ -74,13 +74,16 @@ def batch_out(readme_run, tmp_path_factory):
                  "--set", "model.displacement_map.resolution=64", "--mc-resolution", "24", "--eval-views", "1",
                  "--device", "cpu", "--quiet"])
     assert code == 1  # the broken subject failed, the other did not
+    # a second finished subject, as when the outputs of two batches are put together
+    shutil.copytree(root / "out" / "subjects" / "face", root / "out" / "subjects" / "face2")
     return root / "out"
 
 
 def test_a_batch_lists_its_finished_subjects(batch_out):
     source = resolve_source(batch_out)
-    assert source.kind == "batch" and [s.name for s in source.subjects] == ["face"]
-    assert _keys(source) == [["coarse", "detailed", "dense", "truth"]]
+    assert source.kind == "batch" and [s.name for s in source.subjects] == ["face", "face2"]
+    assert _keys(source) == [["coarse", "detailed", "dense", "truth"]] * 2
+    assert source.subjects[1].meshes[1].path == batch_out / "subjects" / "face2" / "run" / "eval" / "detailed.obj"
     assert source.notes == ["1 subject(s) without a finished eval, not listed: broken"]
 
 
@@ -202,10 +205,12 @@ def test_the_page_says_when_it_decimates(page_for, readme_run):
 
 
 def test_the_page_of_a_batch_and_of_a_mesh_file(page_for, batch_out, readme_run):
-    page, _ = page_for(batch_out)
-    assert page.picker is not None and page.picker.options == ("face",)
+    page, lines = page_for(batch_out)
+    assert page.picker is not None and page.picker.options == ("face", "face2")
     page.show_subject(0)
     assert len(page.visible()) == 4 and "broken" in page.notes.content
+    page.picker.value = "face2"  # the picker loads the other subject in place of the first
+    assert page.shown.index == 1 and len(page.visible()) == 4 and lines[-1].startswith("pbidr view: showing face2")
     page, _ = page_for(readme_run[0] / "face" / "mesh.obj")
     page.show_subject(0)
     assert page.visible() == [("mesh", "textured", 0.0)] and page.mesh_boxes == {}
