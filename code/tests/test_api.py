@@ -108,7 +108,7 @@ def test_progress_goes_to_the_callback_or_nowhere(tmp_path, capfd):
     face = tmp_path / "face"
     pbidr.make_sample(face, grid=(20, 26), texture_size=32)
     events: list[pbidr.ProgressEvent] = []
-    small = dict(iters=4, yaw=1, res=24, mc_resolution=16, eval_views=[1], checkpoint_freq=0)
+    small = dict(iters=4, resolution=64, yaw=1, res=24, mc_resolution=16, eval_views=[1], checkpoint_freq=0)
     pbidr.recover(face, tmp_path / "a", progress=events.append, **small)
     captured = capfd.readouterr()
     assert "eval:" not in captured.err and "train" not in captured.err, captured.err
