@@ -36,7 +36,17 @@ def test_readme_example_runs_and_its_numbers_are_the_runs(readme_run):
     d_mm, albedo = names["d_mm"], names["albedo"]
     assert d_mm.shape == (128, 128) and albedo.shape == (128, 128, 3) and albedo.dtype == np.float32
     np.testing.assert_array_equal(d_mm, read_exr(out / "run" / "eval" / "displacement.exr"))
-    assert 0.3 < float(albedo.mean()) < 0.95 and float(albedo.min()) >= 0.0 and float(albedo.max()) <= 1.0
+    assert float(albedo.min()) >= 0.0 and float(albedo.max()) <= 1.0
+    # it is the albedo with the shading taken out: it follows the sample's true albedo, not its shaded texture
+    from PIL import Image
+
+    def grey(path):
+        return np.asarray(Image.open(path).convert("RGB").resize((128, 128)), dtype=float).mean(axis=2).ravel()
+
+    def corr(image):
+        return float(np.corrcoef(albedo.mean(axis=2).ravel(), image)[0, 1])
+
+    assert corr(grey(folder / "face" / "albedo.png")) > 0.9 > 0.5 > corr(grey(folder / "face" / "mesh.png"))
     # the light: the sample's texture is lit from its LIGHT_DIRECTION, and the fit finds it
     from pbidr.preprocess.sample import LIGHT_DIRECTION
 
