@@ -38,7 +38,10 @@ CAMERA_FOV_DEG = 40.0
 
 
 def import_viser():
+    """viser, once the viewer extra is known to be installed (fast_simplification too: a large mesh
+    must not fail only after the page is served)."""
     try:
+        import fast_simplification  # noqa: F401
         import viser
     except ImportError:
         raise PbidrError(VISER_HINT) from None
