@@ -50,3 +50,37 @@ TOY_MODEL = """model {
   ray_tracer { n_steps = 8, n_secant_steps = 2 }
 }
 """
+
+
+README = __import__("pathlib").Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_api_example() -> str:
+    """The first Python block under README's "## Python API" heading, as written there."""
+    text = README.read_text()
+    section = text[text.index("\n## Python API\n"):]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start:section.index("```", start)]
+
+
+@pytest.fixture(scope="session")
+def readme_run(tmp_path_factory):
+    """README's API example run as it is written, in a folder of its own: a small recovered run
+    (``out/``, from the sample ``face/``) that the API and viewer tests read. Returns (folder, the
+    example's variables, what it printed, seconds)."""
+    import contextlib
+    import io
+    import os
+    import time
+
+    folder = tmp_path_factory.mktemp("readme_example")
+    code, printed, here = readme_api_example(), io.StringIO(), os.getcwd()
+    names: dict = {"__name__": "readme_example"}
+    t0 = time.perf_counter()
+    os.chdir(folder)
+    try:
+        with contextlib.redirect_stdout(printed):
+            exec(compile(code, "README.md (Python API)", "exec"), names)
+    finally:
+        os.chdir(here)
+    return folder, names, printed.getvalue(), time.perf_counter() - t0

@@ -139,6 +139,11 @@ def test_scan_frame_reads_units_and_rig(tmp_path):
     assert "meta.json" in frame.units_source
     (tmp_path / "meta.json").write_text("{}")
     assert E.scan_frame(tmp_path).units_to_mm == 1.0 and "assumed mm" in E.scan_frame(tmp_path).units_source
+    # what `pbidr preprocess --units cm` writes, and a scan made without --units
+    (tmp_path / "meta.json").write_text(json.dumps({"units": {"unit": "cm", "declared": True, "mm_per_unit": 10.0}}))
+    assert E.scan_frame(tmp_path).units_to_mm == 10.0
+    (tmp_path / "meta.json").write_text(json.dumps({"units": {"unit": "mm", "declared": False}}))
+    assert E.scan_frame(tmp_path).units_to_mm == 1.0 and "assumed mm" in E.scan_frame(tmp_path).units_source
 
 
 def test_export_decodes_to_the_displacement_at_the_vertices(tmp_path):

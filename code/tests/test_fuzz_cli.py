@@ -21,6 +21,7 @@ from PIL import Image
 
 from pbidr.commands import args as argtypes
 from pbidr.commands import main as cli, rig
+from pbidr.commands import view as view_args
 from pbidr.commands.batch import _stages
 from pbidr.commands.bench import VERBS
 from pbidr.geometry.cameras import Rig
@@ -77,6 +78,8 @@ def _base(world, new) -> dict[str, list[tuple[str, str, str | None]]]:
                          ("no_oracle", "--no-oracle", None), ("device", "--device", "cpu")],
         "bench batch": [("workdir", "--workdir", new()), ("subjects", "--subjects", "1"), ("json", "--json", new()),
                         ("progress", "--quiet", None), ("device", "--device", "cpu")],
+        # view: a valid command line serves until stopped; every case below must fail before it serves
+        "view": [("input", "-i", str(w / "sample" / "mesh.obj")), ("port", "--port", "0")],
     }
 
 
@@ -115,6 +118,8 @@ def _typed_bad(action: argparse.Action, rng: random.Random) -> list[str]:
         return [g, "0", "5,-2"]
     if t is argtypes.positive_float_list:
         return [g, "0", "1,nan"]
+    if t is view_args.port_arg:
+        return [g, "-1", "65536", "2.5"]
     return []
 
 
@@ -135,6 +140,7 @@ def _string_bad(sub: str, dest: str, world, rng: random.Random) -> list[str]:
                 rng.choice(["train.batch_size=[1,", "model.sdf_network.dims=[64,", "train.iters=${x}"]),
                 "train.iters=5, train.seed=1"],
         "address": ["127.0.0.1:1"],       # with --engine local
+        "host": ["999.1.2.3", "8.8.8.8"],  # no such address; not one of this machine's
         "workdir": [afile],
         "json": [folder],
         "variants": [rng.choice(["ful", "full,nope", ""])],
@@ -230,7 +236,7 @@ def test_every_flag_of_every_subcommand(world, tmp_path, capsys):
     print(f"command-line fuzz: {stats['cases']} cases over {len(flags_done)} flags, "
           f"{stats['tracebacks']} tracebacks, {total:.1f} s")
     assert stats["tracebacks"] == 0
-    assert len({s for s, _ in flags_done}) == 7 + len(VERBS) and stats["cases"] > 150, stats
+    assert len({s for s, _ in flags_done}) == 8 + len(VERBS) and stats["cases"] > 150, stats  # 8: sample .. view
     assert total < 30, total
 
 

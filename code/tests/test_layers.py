@@ -1,7 +1,7 @@
 """The package's import graph: no module cycle, and the lower layers never import the upper ones.
 
 Layers, lowest first: io / geometry / utils -> datasets / detail / model -> training -> evaluation
--> batch / bench / commands. Every ``pbidr`` import counts, at the top of a module and inside functions
+-> batch / bench / view / api / commands -> the package itself (``pbidr/__init__``: the API's facade). Every ``pbidr`` import counts, at the top of a module and inside functions
 alike (a function-level import that dodges a cycle is still a cycle), read with ``ast`` from the
 source, so nothing is imported to check it.
 """
@@ -17,7 +17,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / "pbidr"
 
 LOWER = ("pbidr.training", "pbidr.model", "pbidr.datasets", "pbidr.detail", "pbidr.geometry", "pbidr.io",
          "pbidr.utils")
-UPPER = ("pbidr.evaluation", "pbidr.batch", "pbidr.bench", "pbidr.commands")
+UPPER = ("pbidr.evaluation", "pbidr.batch", "pbidr.commands", "pbidr.api", "pbidr.view")
+UPPER_PREFIXES = ("pbidr.bench",)  # pbidr.bench, pbidr.bench_quality, pbidr.bench_texel, ...
 
 KNOWN_CYCLES: list[set[str]] = []  # none: a cycle found is a failure
 

@@ -115,3 +115,28 @@ def test_bad_inputs(tiny_scan, tmp_path, capsys):
         ckpt.write_bytes(b"garbage")
     _fails(capsys, _train(tiny_scan, run, "--iters", "4", "--resume"), "latest.pt", "corrupt")
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
+
+
+def test_resume_refuses_a_conf_that_changes_the_run(tiny_scan, tmp_path, capsys):
+    """--resume keeps the checkpoint's conf: another --conf/--preset/--set that changes it is refused with
+    one line naming the keys; the run's length may change (with a note), and without --conf/--preset the
+    run's own conf is kept (not the default preset's)."""
+    run = tmp_path / "run"
+    assert _train(tiny_scan, run, "--iters", "2") == 0
+    capsys.readouterr()
+    ckpt = (run / "checkpoints" / "latest.pt").read_bytes()
+
+    def plain(*extra):  # no --conf: the run's own conf
+        return main(["train", "--exp-dir", str(run), "--device", "cpu", "--quiet", "--resume", *extra])
+
+    _fails(capsys, plain("--set", "model.sdf_network.dims=[8, 8]"), "model.sdf_network.dims", "([32, 32] -> [8, 8])",
+           "--resume")
+    _fails(capsys, plain("--set", "train.learning_rate=0.5"), "train.learning_rate", "--overwrite")
+    _fails(capsys, main(["train", "--exp-dir", str(run), "--preset", "paper", "--device", "cpu", "--quiet",
+                         "--resume"]), "train.batch_size (128 -> 2048)", " more;")
+    _fails(capsys, _train(tiny_scan, run, "--resume", "--seed", "3"), "train.seed (0 -> 3)")
+    assert (run / "checkpoints" / "latest.pt").read_bytes() == ckpt  # refused before any step
+    assert plain("--iters", "3") == 0
+    assert "resuming with train.iters = 3 (the run had 2)" in capsys.readouterr().err
+    assert torch.load(run / "checkpoints" / "latest.pt", map_location="cpu", weights_only=False)["step"] == 3
+    assert _train(tiny_scan, run, "--resume", "--iters", "4") == 0  # the same --conf, a longer run

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 from pathlib import Path
 
 from pbidr.evaluation.metrics import json_safe
+from pbidr.utils.device import matmul_rate  # noqa: F401 (the verbs import it from here)
 from pbidr.utils.atomic import write_json, write_text
 
 
@@ -36,27 +36,6 @@ def machine_info(device=None) -> dict:
     if device is not None:
         info["device"] = str(device)
     return info
-
-
-def matmul_rate(n: int = 2048, repeat: int = 10, device="cpu") -> float:
-    """This machine's fp32 matmul rate on ``device`` in FLOP/s (square n x n, best of ``repeat``)."""
-    import torch
-
-    device = torch.device(device)
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    for _ in range(2):
-        a @ b
-    best = float("inf")
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        a @ b
-        if device.type == "cuda":  # the kernel runs asynchronously: wait for it before reading the clock
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best
 
 
 def check_conf(conf: str, sets: list[str], iters: int | None = None):

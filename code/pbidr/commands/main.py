@@ -1,11 +1,11 @@
-"""The ``pbidr`` command: one subcommand per stage (sample, photo, preprocess, train, eval, score, batch, bench)."""
+"""The ``pbidr`` command: one subcommand per stage (sample, photo, preprocess, train, eval, score, batch, view, bench)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from pbidr import __version__
+from pbidr.version import __version__
 from pbidr.commands.args import OneLineParser
 from pbidr.commands.batch import add_batch_parser
 from pbidr.commands.bench import add_bench_parser
@@ -15,6 +15,7 @@ from pbidr.commands.preprocess import add_preprocess_parser
 from pbidr.commands.sample import add_sample_parser
 from pbidr.commands.score import add_score_parser
 from pbidr.commands.train import add_train_parser
+from pbidr.commands.view import add_view_parser
 from pbidr.errors import PbidrError
 
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_score_parser(sub)
     add_photo_parser(sub)
     add_batch_parser(sub)
+    add_view_parser(sub)
     add_bench_parser(sub)
     return parser
 

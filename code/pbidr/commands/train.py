@@ -32,7 +32,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     add_device_arg(p)
     g2 = p.add_mutually_exclusive_group()
     g2.add_argument("--resume", action="store_true",
-                    help="continue the run in EXP_DIR from its latest good checkpoint (step 0 if it has none)")
+                    help="continue the run in EXP_DIR from its latest good checkpoint (step 0 if it has none), with "
+                         "its own conf: a --conf, --preset or --set that changes it is refused, except the run's "
+                         "length and bookkeeping (train.iters, nepoch, time_budget_s, checkpoint and plot settings)")
     g2.add_argument("--overwrite", action="store_true",
                     help="start the run in EXP_DIR again from scratch (only a `pbidr train` run is replaced)")
     p.add_argument("--seed", type=nonneg_int, default=None, help="random seed (replaces train.seed)")
@@ -61,8 +63,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.exp_dir is None:
         raise PbidrError("--output/-o EXP_DIR is required (the run directory)")
     device = pick_device(args.device)
+    # without --conf / --preset, a resumed run keeps its own conf (with --set checked against it)
     trainer = Trainer(args.data, args.exp_dir, conf_path, overrides, device=device, resume=args.resume,
-                      progress=not args.quiet, overwrite=args.overwrite)
+                      progress=not args.quiet, overwrite=args.overwrite,
+                      conf_given=args.conf is not None or args.preset is not None)
     result = trainer.run()
     state = "interrupted" if result.interrupted else "finished"
     print(f"training {state} at step {result.step}/{result.total_steps} in {result.seconds:.1f} s "

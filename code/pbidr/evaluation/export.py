@@ -528,11 +528,11 @@ def scan_frame(scan_dir: str | Path) -> ScanFrame:
         meta = {}
     meta = meta if isinstance(meta, dict) else {}
     units = meta.get("units")
-    if isinstance(units, dict):  # allow {"name": "mm", ...}
-        units = units.get("name")
+    if isinstance(units, dict):  # pbidr preprocess writes {"unit": "cm", "declared": true, ...}
+        units = units.get("unit", units.get("name")) if units.get("declared", True) else None
     frame = ScanFrame()
     if units is None:
-        frame.units_source = "assumed mm (the scan's meta.json records no units)"
+        frame.units_source = "assumed mm (the scan's meta.json declares no units)"
     else:
         frame.units_to_mm, frame.units_source = units_to_mm(str(units)), f"the scan's meta.json: {units}"
     rig = meta.get("rig") if isinstance(meta.get("rig"), dict) else {}

@@ -714,8 +714,9 @@ def _write_outputs(out: Path, reports: list[StageReport], band: float, conf: Run
 
 def _stage_done(stage: str, seconds: float, progress: bool) -> None:
     """One plain stderr line per finished stage (terminal or not), so a log shows where the time goes."""
-    if progress:
-        print(f"eval: {stage} done in {seconds:.1f} s", file=sys.stderr, flush=True)
+    from pbidr.utils.progress import progress_note
+
+    progress_note(f"eval: {stage} done in {seconds:.1f} s", progress)
 
 
 def _render_views(model, data, load_idx, eval_views, train_views, device, render_chunk, out, progress,

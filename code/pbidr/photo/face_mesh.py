@@ -33,7 +33,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from pbidr import __version__
+from pbidr.version import __version__
 from pbidr.errors import PbidrError
 from pbidr.geometry.triangulation import triangles_from_edges, untangle
 from pbidr.io.mesh import TexturedMesh

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--compare", type=Path, default=None, help="also write a side-by-side with the Lambert texture")
     args = parser.parse_args(argv)
-    from pbidr.flops import matmul_rate  # torch, only here: the speed reference printed with the timing
+    from pbidr.utils.device import matmul_rate  # torch, only here: the speed reference printed with the timing
 
     gflops = matmul_rate(1024) / 1e9
     t0, cpu0 = time.perf_counter(), os.times()

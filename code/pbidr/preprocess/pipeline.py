@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pbidr import __version__
+from pbidr.version import __version__
 from pbidr.detail.atlas import textured_from_vertex_colours
 from pbidr.geometry.cameras import DEFAULT_MARGIN, Rig, bounding_sphere, cameras_npz_arrays, scale_matrix
 from pbidr.io.load import find_mesh_in_dir, load_mesh

@@ -27,6 +27,7 @@ import random
 import shutil
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pbidr import __version__
+from pbidr.version import __version__
 from pbidr.datasets.scan import RaySampler, ScanData, load_scan, resize_camera
 from pbidr.detail.solver import TexelSolver, fit_config, map_resolution
 from pbidr.errors import PbidrError
@@ -44,10 +45,11 @@ from pbidr.model.pbidr_model import PBIDRModel
 from pbidr.model.render import batch_to_device, render_camera
 from pbidr.training.checkpoints import (CHECKPOINT_DIR, checkpoint_path, checksum_path, is_run_dir,
                                         latest_good_checkpoint, write_checkpoint)
-from pbidr.training.conf import TrainConfig, conf_to_text, load_conf, parse_conf
+from pbidr.training.conf import RunConfig, TrainConfig, conf_to_text, load_conf, parse_conf
 from pbidr.training.losses import LossTerms, PBIDRLoss
 from pbidr.training.regularisers import RegulariserSampler
 from pbidr.utils.atomic import write_json, write_text
+from pbidr.utils.config import hocon_value, leaves
 from pbidr.utils.images import contact_sheet, write_png
 from pbidr.utils.lock import PidLock, lock_owner
 from pbidr.utils.outputs import check_output, write_marker
@@ -71,6 +73,25 @@ def long_run_warning(s_per_iter: float, remaining_steps: int, device: torch.devi
     return (f"at {s_per_iter:.2f} s/it on {device} the remaining {remaining_steps:,} steps take about "
             f"{projected / 3600:.1f} h; for a CPU-sized run use the default conf (--preset detail = "
             "confs/fast.conf) or fewer --iters (Ctrl-C saves a checkpoint; --resume continues)")
+
+
+# What may change when a run resumes: its length and its bookkeeping. Anything else (the model, the
+# losses, the data, the learning rate, the seed) would be silently overridden by the checkpoint's
+# weights, optimiser, scheduler and RNG states, or would mix two settings in one run.
+RESUMABLE_KEYS = tuple(f"train.{k}" for k in ("iters", "nepoch", "time_budget_s", "checkpoint_freq",
+                                               "checkpoint_seconds", "keep_checkpoints", "plot_freq", "plot_view",
+                                               "plot_res", "render_chunk"))
+
+
+def conf_differences(old: RunConfig, new: RunConfig) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) of every value that differs between two confs."""
+    before = {key: value for key, value, _ in leaves(old)}
+    return [(key, before[key], value) for key, value, _ in leaves(new) if before.get(key) != value]
+
+
+def _short(value: Any) -> str:
+    text = hocon_value(value) if isinstance(value, (bool, list, str)) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass
@@ -153,13 +174,15 @@ def _warn(text: str, kind: str = "warning") -> None:
 @dataclass
 class RunStart:
     """Where a run starts, as the run folder's rules decide it (:meth:`Trainer._prepare_run_dir`): the
-    scan folder (None: not given and not known from run.json), and either the checkpoint to continue
-    (its state and path) or the conf file to load (None: the default conf)."""
+    scan folder (None: not given and not known from run.json), the conf file to load (None: a resumed
+    run's own conf, else the built-in defaults), and for a resumed run its own conf and the checkpoint
+    to continue (None: killed before its first one)."""
 
     scan_dir: str | Path | None
     conf_file: str | Path | None
     checkpoint: dict[str, Any] | None = None
     checkpoint_path: Path | None = None
+    saved_conf: tuple[str, Path] | None = None  # a resumed run's own conf: (HOCON text, the file it is from)
 
 
 @dataclass
@@ -193,7 +216,10 @@ class LoopClock:
 class Trainer:
     def __init__(self, scan_dir: str | Path | None, exp_dir: str | Path, conf_path: str | Path | None = None,
                  overrides: dict[str, Any] | None = None, device: torch.device = torch.device("cpu"),
-                 resume: bool = False, progress: bool = True, overwrite: bool = False):
+                 resume: bool = False, progress: bool = True, overwrite: bool = False, conf_given: bool = True):
+        """``conf_given``: ``conf_path`` is what the caller asked for (--conf / --preset), so a resumed
+        run is checked against it; False (the command line's default conf): a resumed run keeps its
+        own conf, with ``overrides`` checked against it (:meth:`_check_resume_conf`)."""
         self.exp_dir = Path(exp_dir)
         self.device = device
         self.progress = progress
@@ -201,10 +227,12 @@ class Trainer:
         self._replace_old_run = False
         self._notes: list[str] = []  # printed now and written to log.txt when the run starts
         self._log_notes: list[str] = []
-        start = self._prepare_run_dir(scan_dir, conf_path, resume, overwrite)
+        self._saved_conf: RunConfig | None = None  # a resumed run's own conf
+        start = self._prepare_run_dir(scan_dir, conf_path, resume, overwrite, conf_given)
         self._load_config(start, overrides)
         self._load_data()
         self._check_solver()
+        self._check_resume_conf()
         self._build_model()
         self._build_optimiser()
         self._restore(start.checkpoint)
@@ -215,7 +243,7 @@ class Trainer:
             _warn(note, "note")
 
     def _prepare_run_dir(self, scan_dir: str | Path | None, conf_path: str | Path | None, resume: bool,
-                         overwrite: bool) -> RunStart:
+                         overwrite: bool, conf_given: bool = True) -> RunStart:
         """The run folder's rules: a file, a foreign folder and a folder whose lock another training
         holds are refused; a run there is continued (``resume``), replaced when the run starts
         (``overwrite``) or refused; a new folder starts from step 0 with ``conf_path``."""
@@ -227,7 +255,7 @@ class Trainer:
                              f"wait for it or stop it (lock file {self.exp_dir / LOCK})")
         if is_run_dir(self.exp_dir):
             if resume:
-                return self._resume_start(scan_dir, conf_path)
+                return self._resume_start(scan_dir, conf_path, conf_given)
             elif overwrite:
                 self._replace_old_run = True
                 return RunStart(scan_dir, conf_path)
@@ -241,8 +269,10 @@ class Trainer:
             self._notes.append(f"{self.exp_dir}: holds no run yet; starting it from step 0")
         return RunStart(scan_dir, conf_path)
 
-    def _resume_start(self, scan_dir: str | Path | None, conf_path: str | Path | None) -> RunStart:
-        """--resume on a run: its latest good checkpoint, and its scan folder from run.json unless given."""
+    def _resume_start(self, scan_dir: str | Path | None, conf_path: str | Path | None, conf_given: bool) -> RunStart:
+        """--resume on a run: its latest good checkpoint (or run.conf, killed before the first one) as the
+        run's own conf, ``conf_path`` when the caller asked for it, and the scan folder from run.json
+        unless given."""
         found = latest_good_checkpoint(self.exp_dir, warn=self._note_warning)
         try:
             run_info = json.loads((self.exp_dir / "run.json").read_text())
@@ -251,16 +281,22 @@ class Trainer:
         scan_dir = scan_dir or run_info.get("scan_dir")
         if found is not None:
             checkpoint, path = found
-            return RunStart(scan_dir, None, checkpoint, path)
+            return RunStart(scan_dir, conf_path if conf_given else None, checkpoint, path,
+                            saved_conf=(checkpoint["conf"], path))
         # killed before its first checkpoint: start it again with its own conf
         run_conf = self.exp_dir / "run.conf"
         self._notes.append(f"{self.exp_dir}: the run has no checkpoint yet; starting it from step 0")
-        return RunStart(scan_dir, run_conf if run_conf.is_file() else conf_path)
+        if not run_conf.is_file():
+            return RunStart(scan_dir, conf_path)
+        return RunStart(scan_dir, conf_path if conf_given else None, saved_conf=(run_conf.read_text(), run_conf))
 
     def _load_config(self, start: RunStart, overrides: dict[str, Any]) -> None:
-        """The conf (the checkpoint's, else ``start``'s file, with ``overrides``) and the scan folder."""
-        if start.checkpoint is not None:
-            conf = parse_conf(start.checkpoint["conf"], str(start.checkpoint_path), overrides)
+        """The conf (``start``'s file, else a resumed run's own, with ``overrides``) and the scan folder."""
+        if start.saved_conf is not None:
+            text, source = start.saved_conf
+            self._saved_conf = parse_conf(text, str(source))
+        if start.conf_file is None and start.saved_conf is not None:
+            conf = parse_conf(start.saved_conf[0], str(start.saved_conf[1]), overrides)
         else:
             conf = load_conf(start.conf_file, overrides)
         if start.scan_dir is None:
@@ -293,6 +329,24 @@ class Trainer:
         if param == "displacement_map" and dmap.resolution == 0:
             # resolved once and saved in the run's conf, so eval builds the same map
             dmap.resolution = map_resolution(0, self.data.mesh)
+
+    def _check_resume_conf(self) -> None:
+        """A resumed run keeps what its checkpoint was trained with: a conf that changes any other key
+        is refused (naming the keys); the run's length and bookkeeping (:data:`RESUMABLE_KEYS`) may
+        change, and a note says so."""
+        if self._saved_conf is None:
+            return
+        changed = conf_differences(self._saved_conf, self.conf)
+        fixed = [c for c in changed if c[0] not in RESUMABLE_KEYS]
+        if fixed:
+            shown = ", ".join(f"{key} ({_short(old)} -> {_short(new)})" for key, old, new in fixed[:4])
+            more = f" and {len(fixed) - 4} more" if len(fixed) > 4 else ""
+            raise PbidrError(f"{self.exp_dir}: --resume continues the run with its own conf, but --conf/--preset/--set "
+                             f"change {shown}{more}; only the run's length and bookkeeping may change on resume "
+                             "(train.iters, nepoch, time_budget_s, checkpoint, plot and render_chunk settings): start "
+                             "a new run with --overwrite or another --exp-dir")
+        for key, old, new in changed:
+            self._notes.append(f"resuming with {key} = {_short(new)} (the run had {_short(old)})")
 
     def _build_model(self) -> None:
         """Seed every RNG (so the initial weights are the seed's), then the model on the coarse mesh, and
@@ -463,7 +517,11 @@ class Trainer:
         cadence = Cadence(checkpoint_freq=tc.checkpoint_freq, plot_freq=tc.plot_freq,
                           checkpoint_seconds=tc.checkpoint_seconds)
         self._start_log()
-        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        # Only the main thread may set signal handlers; a run in another thread (pbidr.recover in a
+        # notebook's background thread) stops with its process, without the last checkpoint.
+        in_main = threading.current_thread() is threading.main_thread()
+        old_handlers = ({s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+                        if in_main else {})
         clock = LoopClock(t_start=time.perf_counter(), start_step=self.step)
         last: dict[str, float] = {}
         bar = progress_bar(total=self.total_steps, initial=self.step, desc="train", unit="it",
