@@ -218,6 +218,11 @@ def test_a_mesh_without_uvs_gets_a_chart_and_runs_end_to_end(tmp_path):
                        eval_rendering=False)
     assert (tmp_path / "run" / "eval" / "displacement.exr").is_file()
     assert metrics["dense_mesh"]["subdivisions"] >= 1
+    # PBIDR's image model part by part in the UV layout: they give the texture back
+    parts = metrics["image_model"]
+    for name in parts["files"].values():
+        assert (tmp_path / "run" / "eval" / name).is_file(), name
+    assert parts["texture_psnr_db"] > 25.0 and parts["light"]["model"] in ("lambert", "lambert2")
 
 
 def test_texel_colours_equal_what_the_views_show_at_the_same_points(tmp_path):

@@ -61,7 +61,7 @@ class MapSDF(nn.Module):
         # light, [ambient, diffuse * direction] of a Lambert light (zeros before the first fit).
         self.register_buffer("albedo", torch.zeros(size[0], size[1], 3))
         self.register_buffer("light_coeffs", torch.zeros(4))
-        self.register_buffer("light_kind", torch.tensor(-1))  # -1: lambert; k >= 0: poly of order k
+        self.register_buffer("light_kind", torch.tensor(-1))  # -1: lambert; -2: lambert2; k >= 0: poly of order k
         self.register_buffer("light_lobe", torch.zeros(5))  # [strength, half-vector (3), exponent]; 0: matte
         self.coarse: Optional[CoarseDistance] = None
         self._uv = None
@@ -99,7 +99,7 @@ class MapSDF(nn.Module):
 
     def set_light(self, light) -> None:
         """Keep the fit's light (``pbidr.detail.fit.Light``); a poly light's coefficients resize the buffer."""
-        self.light_kind.fill_(-1 if light.model == "lambert" else int(light.order))
+        self.light_kind.fill_({"lambert": -1, "lambert2": -2}.get(light.model, int(light.order)))
         coeffs = torch.as_tensor(np.asarray(light.coeffs, dtype=np.float32), device=self.light_coeffs.device)
         if coeffs.shape != self.light_coeffs.shape:
             self.light_coeffs = coeffs.clone()
@@ -119,7 +119,7 @@ class MapSDF(nn.Module):
 
         kind = int(self.light_kind)
         lobe = self.light_lobe.detach().cpu().numpy().astype(np.float64)
-        return Light(model="lambert" if kind < 0 else "poly", order=max(kind, 1),
+        return Light(model={-1: "lambert", -2: "lambert2"}.get(kind, "poly"), order=max(kind, 1),
                      coeffs=self.light_coeffs.detach().cpu().numpy().astype(np.float64),
                      lobe=lobe if lobe[0] > 0 else None)
 

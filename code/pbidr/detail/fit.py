@@ -6,8 +6,9 @@ when the texture holds one). With the lobe taken off, shading is grey, so in log
 ``chi_c = log T_c - Y`` (Y = mean_c log T_c) is albedo alone, and ``Y = a + log s(n)`` with a the
 albedo's log intensity. The fit:
 
-1. **Light, anchored on the coarse shape** (:mod:`pbidr.detail.light`): s is ambient + clamped Lambert
-   (or SH of ``light_order``), least-squares fitted (robustly) to the luminance on the *coarse* normals
+1. **Light, anchored on the coarse shape** (:mod:`pbidr.detail.light`): s is ambient + a clamped Lambert
+   key, with a clamped Lambert fill when held-out texels say the texture holds one (``light_model = auto``;
+   or SH of ``light_order``), least-squares fitted (robustly) to the luminance on the *coarse* normals
    with a constant albedo; the lobe is searched and kept only if held-out texels say the texture holds
    one; then both are frozen. The geometry never moves the light, so the convex/concave ambiguity cannot
    flip the relief, and a highlight is the lobe of the coarse shape, never a bump.
@@ -18,19 +19,14 @@ albedo's log intensity. The fit:
    explained, while shading (grey) is not. The data term is the robust residual ``rho(p - GF(p))``.
 3. **Dark, colourless marks are not relief.** Moles, lashes, brow hair and grey freckles darken a texel
    without a change of colour, so no albedo of that form explains them, and no relief under an anchored
-   light makes a dark spot: small relief shades as a dipole whose mean is nearly zero. The fit would make
-   one from a ramp that trails along the light (a streak). So the residual where the texture is *darker*
-   than the model weighs ``mark_weight`` (< 1) of the other side: a one-signed outlier process (the same
-   as a darkening mark layer m >= 0 with an L1 cost, solved per texel in closed form), which a dipole
-   cannot use but a mark can.
-4. **One light leaves a null space.** Gradients of D across the light's tangential direction do not change
-   the shading; a streak lives there. Where, over ``isotropy_sigma_mm``, D's across-light gradient energy
-   exceeds ``isotropy_ratio`` x its along-light one (which the data see), the excess is penalised: relief
-   that the shading shows is untouched, a trail that it cannot show is not free.
-5. **Geometry priors.** D's local mean over a Gaussian of ``lowpass_sigma_mm`` is penalised (detail
+   light makes a dark spot: small relief shades as a dipole whose mean is nearly zero. Left to D, the fit
+   makes one from a ramp that trails along the light (a streak). So a grey, one-signed mark layer m >= 0
+   (``mark_layer_cost`` per unit, L1, against the data term's 1) darkens the albedo before its model:
+   a dark spot costs m there, while relief explains both halves of its dipole at no such cost.
+4. **Geometry priors.** D's local mean over a Gaussian of ``lowpass_sigma_mm`` is penalised (detail
    has no low frequencies: the coarse mesh has them), and, weakly, D's texel-scale part (D minus its
    Gaussian mean over ``finescale_sigma_texels``): it stops texel noise.
-6. **Multi-resolution.** D is a sum of grids (cells of 2^k texels, k = ``finest_level`` ..
+5. **Multi-resolution.** D is a sum of grids (cells of 2^k texels, k = ``finest_level`` ..
    ``coarsest_level``), a preconditioner for Adam; with ``level_steps`` > 0 the coarsest opens first,
    one finer level every ``level_steps`` steps (coarse to fine). Adam on all texels per step.
 
@@ -71,8 +67,9 @@ class TexelConfig(Config):
 
     colour_source: str = setting("texture", "texture (the views are its renders) or views (project into the "
                                             "images)", choices=COLOUR_SOURCES)
-    light_model: str = setting("lambert", "lambert (ambient + clamped diffuse) or poly (SH of light_order)",
-                               choices=LIGHT_MODELS)
+    light_model: str = setting("auto", "auto (one light, or a key and a fill where held-out texels say so), "
+                                          "lambert (ambient + clamped diffuse), lambert2 (+ a fill) or poly (SH of "
+                                          "light_order)", choices=LIGHT_MODELS)
     light_order: int = setting(2, "degree of the shading polynomial in n, for light_model = poly")
     light_iters: int = setting(4, "IRLS iterations of the light fit", positive=True)
     specular: str = setting("auto", "auto: a grey glossy lobe when texels held out of its search say the texture "
@@ -84,18 +81,12 @@ class TexelConfig(Config):
     albedo_guide_order: int = setting(2, "1: albedo affine in chromaticity, 2: quadratic (blends of two colours)",
                                       choices=(1, 2))
     robust_scale: float = setting(0.001, "Charbonnier scale of the data term (log units): near L1", positive=True)
-    mark_weight: float = setting(1.0, "weight of the residual where the texture is darker than the model (dark, "
-                                      "colourless marks; 1: symmetric)", at_most_one=True)
-    mark_layer_cost: float = setting(0.0, "a darkening mark layer m >= 0 (grey, in log units, before the albedo "
-                                          "model) at this cost per unit against the data term's; 0: off")
+    mark_layer_cost: float = setting(0.5, "a darkening mark layer m >= 0 (grey, in log units, before the albedo "
+                                          "model) at this cost per unit against the data term's (0.5: best of "
+                                          "0.3-0.6 on the matrix); 0: off")
     mark_tau: float = setting(0.04, "marks (chromaticity far from the local mean) count less; 0: off")
     mark_radius_mm: float = setting(3.0, "window of that local mean")
     dark_level: float = setting(0.25, "dark texels count less: the log of a dark 8-bit colour is noise")
-    isotropy_weight: float = setting(0.0, "penalty on D's across-light gradient energy beyond isotropy_ratio x its "
-                                          "along-light one (the light's null space); 0: off")
-    isotropy_ratio: float = setting(1.0, "how much more across-light than along-light gradient energy is free",
-                                    positive=True)
-    isotropy_sigma_mm: float = setting(1.5, "window of those gradient energies", positive=True)
     lowpass_sigma_mm: float = setting(10.0, "D's local mean over this Gaussian is penalised (no low frequencies)",
                                       positive=True)
     lowpass_weight: float = setting(20.0, "weight of that penalty")
@@ -236,29 +227,37 @@ class TexelObjective:
         self.cfg = cfg
         self.chart = chart
         self.device = torch.device(device)
-        self.ct = _chart_tensors(chart, self.device)
+        self.ct = chart_tensors(chart, self.device)
         valid = self._data_weights(weight, colours)
         self.light = light if light is not None else self._fit_light(valid)
-        self.specular_coarse = self.light.specular(self.ct["normals"])
-        guide = self._guide()
-        if cfg.mark_tau > 0:  # albedo marks: chromaticity far from the local skin's
-            local = masked_mean(guide[:2], self.wmap, box_kernel(self._texels(cfg.mark_radius_mm)))
-            self.wmap = self.wmap / (1.0 + ((guide[:2] - local).norm(dim=0) / cfg.mark_tau) ** 2)
         self.known_albedo = None
         if albedo is not None:  # its log intensity: the data term is then Y - log s(n) - that, no filter
             self.known_albedo = torch.log(torch.as_tensor(np.clip(albedo, LOG_FLOOR, 1.0), dtype=torch.float32,
                                                           device=self.device)).mean(-1)
+        self._albedo_model(self.light.specular(self.ct["normals"]))
+        self._priors_setup(seams)
+
+    def _albedo_model(self, specular: torch.Tensor) -> None:
+        """The albedo model's guide and weights from the colours with ``specular`` (H, W), the lobe, taken
+        off: the data weights ``wmap`` (marks, chromaticity far from the local skin's, count less) and the
+        guided filter (none when the albedo is known)."""
+        cfg = self.cfg
+        guide = self._guide(specular)
+        self.wmap = self.base_wmap
+        if cfg.mark_tau > 0:
+            local = masked_mean(guide[:2], self.wmap, box_kernel(self._texels(cfg.mark_radius_mm)))
+            self.wmap = self.wmap / (1.0 + ((guide[:2] - local).norm(dim=0) / cfg.mark_tau) ** 2)
         # a known albedo replaces the filter's albedo model (the diagnostics): no filter to build then
         self.gf = None if self.known_albedo is not None else GuidedFilter(
             guide, self.wmap, self._texels(cfg.albedo_radius_mm), cfg.albedo_eps)
-        self._priors_setup(seams)
+
 
     # ------------------------------------------------------------------ set-up
     def _texels(self, mm: float) -> int:
         return max(1, int(round(mm / max(self.chart.texel_size, 1e-12))))
 
     def _data_weights(self, weight: np.ndarray | None, colours: np.ndarray) -> torch.Tensor:
-        """The texels the data term sees (H, W) bool, and their weights ``wmap`` (dark texels count less)."""
+        """The texels the data term sees (H, W) bool, and their weights ``base_wmap`` (dark texels count less)."""
         valid_np = self.chart.interior & self.chart.mask
         if weight is not None:
             valid_np = valid_np & (weight > 0)
@@ -270,7 +269,7 @@ class TexelObjective:
         self.colours = torch.as_tensor(np.clip(colours, LOG_FLOOR, 1.0), dtype=torch.float32, device=self.device)
         if self.cfg.dark_level > 0:
             wmap = wmap * (self.colours.mean(-1) / self.cfg.dark_level).clamp(max=1.0) ** 2
-        self.wmap = wmap
+        self.base_wmap = wmap
         self.n_valid = float(valid.sum())  # normalises every term (weights change only the data's)
         return valid
 
@@ -280,55 +279,44 @@ class TexelObjective:
         as a texture's would: the fit is blind to the albedo's overall scale."""
         cfg = self.cfg
         n, colours = self.ct["normals"][valid], self.colours[valid]
-        light = fit_light(n, colours.mean(-1), cfg.light_model, cfg.light_order, cfg.light_iters)
-        if cfg.specular == "auto":
-            lobe = fit_lobe(n, colours, light, key=light.key_direction())
-            if lobe is not None:  # the diffuse light again, without the highlights
-                light = Light(light.model, light.order, light.coeffs, lobe)
-                diffuse_only = (colours - light.specular(n.double()).float().unsqueeze(-1)).clamp_min(LOG_FLOOR)
-                light = Light(light.model, light.order, fit_light(n, diffuse_only.mean(-1), cfg.light_model,
-                                                                  cfg.light_order, cfg.light_iters).coeffs, lobe)
+        lum = colours.mean(-1)
+        lobe = None
+        if cfg.specular == "auto":  # searched against one light (a fill could take a highlight for itself)
+            one = fit_light(n, lum, "lambert", cfg.light_order, cfg.light_iters)
+            lobe = fit_lobe(n, colours, one, key=one.key_direction())
+            if lobe is not None:  # the diffuse light is then fitted without the highlights
+                q = Light(one.model, one.order, one.coeffs, lobe).specular(n.double()).float()
+                lum = (colours - q.unsqueeze(-1)).clamp_min(LOG_FLOOR).mean(-1)
+        light = fit_light(n, lum, cfg.light_model, cfg.light_order, cfg.light_iters)
+        light = Light(light.model, light.order, light.coeffs, lobe)
         with torch.no_grad():
             s0 = light.shading(n).clamp_min(1e-3)
             lit = (colours - light.specular(n).unsqueeze(-1)).clamp_min(0.0)
             top = torch.quantile((lit / s0[:, None]).amax(-1)[:200_000], 0.995)
         return Light(light.model, light.order, light.coeffs * float(top), light.lobe)
 
-    def _guide(self) -> torch.Tensor:
-        """The guided filter's guide (G, H, W): the chromaticity of the colours with the coarse shape's lobe
-        taken off (a highlight desaturates), and its squares when the albedo model is quadratic."""
-        logc = torch.log((self.colours - self.specular_coarse.unsqueeze(-1)).clamp_min(LOG_FLOOR))
+    def _guide(self, specular: torch.Tensor) -> torch.Tensor:
+        """The guided filter's guide (G, H, W): the chromaticity of the colours with the lobe ``specular``
+        (H, W) taken off (a highlight desaturates), and its squares when the albedo model is quadratic."""
+        logc = torch.log((self.colours - specular.unsqueeze(-1)).clamp_min(LOG_FLOOR))
         chroma = (logc - logc.mean(-1, keepdim=True)).permute(2, 0, 1)[[0, 2]]  # (2, H, W)
+        guide = chroma
         if self.cfg.albedo_guide_order >= 2:  # a blend of two albedos is a curve, not a line, in log space
-            return torch.cat([chroma, chroma**2, (chroma[0] * chroma[1]).unsqueeze(0)], dim=0)
-        return chroma
+            guide = torch.cat([chroma, chroma**2, (chroma[0] * chroma[1]).unsqueeze(0)], dim=0)
+        return guide
 
     def _priors_setup(self, seams) -> None:
         cfg = self.cfg
         texel = max(self.chart.texel_size, 1e-12)
         self.gauss = gaussian_kernel(cfg.lowpass_sigma_mm / texel)
         self.fine = gaussian_kernel(cfg.finescale_sigma_texels)
-        self.iso_kernel = gaussian_kernel(cfg.isotropy_sigma_mm / texel)
         self.chart_w = torch.as_tensor(self.chart.mask, dtype=torch.float32, device=self.device)
         self.texel2 = texel**2
-        self.along, self.across, self.iso_w = self._light_frame()
         if seams is not None and len(seams[0]):
             self.seam_a = torch.as_tensor(seams[0], device=self.device)
             self.seam_b = torch.as_tensor(seams[1], device=self.device)
         else:
             self.seam_a = self.seam_b = None
-
-    def _light_frame(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per texel: the key light's unit tangential direction (H, W, 3) (what the shading sees), the one
-        across it (the null space) and the isotropy prior's weight (H, W): |l_t| / 0.3 up to 1 (a near-frontal
-        light sees no direction better than another)."""
-        n = self.ct["normals"]
-        key = torch.as_tensor(self.light.key_direction(), dtype=n.dtype, device=n.device)
-        l_t = key - (n @ key).unsqueeze(-1) * n
-        size = l_t.norm(dim=-1)
-        along = l_t / size.clamp_min(1e-6).unsqueeze(-1)
-        across = torch.cross(n, along, dim=-1)
-        return along, across, (size / 0.3).clamp(max=1.0) * self.chart_w
 
     # ------------------------------------------------------------------ the energy
     def shading_free(self, d: torch.Tensor) -> torch.Tensor:
@@ -340,27 +328,15 @@ class TexelObjective:
         return torch.log(lit).mean(-1) - torch.log(self.light.shading(n).clamp_min(1e-3))
 
     def data_term(self, d: torch.Tensor, marks: torch.Tensor | None = None) -> torch.Tensor:
-        """The robust residual of the albedo model, one-signed marks weighed ``mark_weight``; ``marks`` (H, W)
-        >= 0, the mark layer, darkens the albedo before its model (so a mark leaves its window's fit alone)."""
+        """The robust residual of the albedo model; ``marks`` (H, W) >= 0, the mark layer, darkens the albedo
+        before its model (so a mark leaves its window's fit alone)."""
         cfg = self.cfg
         p = self.shading_free(d)
         if marks is not None:
             p = p + marks
         r = p - (self.known_albedo if self.gf is None else self.gf.apply(p))
         rho = torch.sqrt(r**2 + cfg.robust_scale**2) - cfg.robust_scale
-        if cfg.mark_weight < 1.0:  # darker than the model (r < 0): a mark may explain it at this cost
-            rho = torch.where(r < 0, cfg.mark_weight * rho, rho)
         return (rho * self.wmap).sum() / self.n_valid
-
-    def isotropy_term(self, d: torch.Tensor) -> torch.Tensor:
-        """The excess of D's across-light gradient energy over ``isotropy_ratio`` x its along-light one,
-        both averaged over ``isotropy_sigma_mm`` (the along-light one held fixed: the prior never asks for
-        relief, it only makes a trail in the null space cost)."""
-        g = surface_gradient(self.ct, d)
-        e_along = masked_mean(((g * self.along).sum(-1) ** 2).unsqueeze(0), self.chart_w, self.iso_kernel)[0]
-        e_across = masked_mean(((g * self.across).sum(-1) ** 2).unsqueeze(0), self.chart_w, self.iso_kernel)[0]
-        excess = (e_across - self.cfg.isotropy_ratio * e_along.detach()).clamp_min(0.0)
-        return (excess * self.iso_w).sum() / self.n_valid
 
     def prior_terms(self, d: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
         """Every geometric prior that is on: name -> (weight, term)."""
@@ -374,8 +350,6 @@ class TexelObjective:
         if cfg.finescale_weight > 0:
             fine = d - masked_mean(d.unsqueeze(0), self.chart_w, self.fine)[0]
             terms["finescale"] = (cfg.finescale_weight, ((fine**2) * self.chart_w).sum() / (self.n_valid * self.texel2))
-        if cfg.isotropy_weight > 0:
-            terms["isotropy"] = (cfg.isotropy_weight, self.isotropy_term(d))
         if self.seam_a is not None:
             flat = d.reshape(-1)
             terms["seam"] = (cfg.seam_weight, ((flat[self.seam_a] - flat[self.seam_b]) ** 2).mean())
@@ -418,7 +392,7 @@ class TexelObjective:
         return 1 + step // self.cfg.level_steps
 
 
-def _chart_tensors(chart: TexelChart, device: torch.device) -> dict[str, torch.Tensor]:
+def chart_tensors(chart: TexelChart, device: torch.device) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(getattr(chart, k), dtype=torch.float32, device=device)
             for k in ("normals", "grad_u", "grad_v", "interior")}
 

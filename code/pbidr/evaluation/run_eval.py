@@ -15,6 +15,10 @@ eval leaves an earlier one intact)::
     normal_object_uv.png              object-space (world) normals of the detailed mesh, (n + 1) / 2, 8-bit
     detailed.glb                      detailed_subdivided in metres, base colour + tangent-space normal map
     detailed.ply                      detailed_subdivided with per-vertex UVs and colours (TextureFile texture.png)
+    albedo_uv.png, shading_uv.png, specular_uv.png, rgb_uv.png    (detail mode) PBIDR's image model in the
+                                      coarse UV layout, part by part: the albedo, the grey diffuse shading and
+                                      the grey glossy lobe of the detailed normals under the fitted light, and
+                                      albedo x shading + specular (metrics.json: image_model, the light)
     compare.png                       coarse vs detailed, clay-shaded from the frontal camera (always)
     renders/NNN_{rgb,diffuse,specular,albedo,normal}.png   (unless --no-rendering; --views: the frontal
                                       view and the extreme yaws by default; --renderer mesh: Embree on
@@ -611,7 +615,8 @@ def _marching_cubes_stage(inputs: EvalInputs, opts: EvalOptions, band: float, ou
 
 def _maps_stage(inputs: EvalInputs, opts: EvalOptions, detail: DetailMeshes, out: Path) -> StageReport:
     """Stage 3: UV maps and artists' outputs in the coarse layout (pbidr.evaluation.export): GLB with a
-    tangent-space normal map, displacement in mm (EXR, fixed mid-level 16-bit PNG), textured PLY."""
+    tangent-space normal map, displacement in mm (EXR, fixed mid-level 16-bit PNG), textured PLY; in the
+    detail mode also PBIDR's image model part by part (albedo, diffuse shading, specular; detail.maps)."""
     t0 = time.perf_counter()
     report = StageReport()
     coarse = inputs.coarse
@@ -624,6 +629,11 @@ def _maps_stage(inputs: EvalInputs, opts: EvalOptions, detail: DetailMeshes, out
             displacement_mesh=detail.detailed_subdivided, texture_name=TEXTURE_NAME, front=frame.front, up=frame.up)
         report.metrics["uv_maps"]["units_source"] = frame.units_source
         report.notes.extend(report.metrics["uv_maps"].pop("notes"))
+        if getattr(inputs.model, "parameterisation", None) == "displacement_map":  # PBIDR's parts, separately
+            from pbidr.detail.maps import write_image_model_maps
+
+            report.metrics["image_model"] = write_image_model_maps(out, inputs.model.sdf_network, coarse,
+                                                                   coarse.texture)
     else:
         report.metrics["uv_maps"] = {"skipped": "the coarse mesh has no texture coordinates"}
         report.notes.append("detailed.glb, displacement maps and normal maps skipped: the coarse mesh has no UVs")
