@@ -12,7 +12,7 @@ import platform
 from pathlib import Path
 
 from pbidr.evaluation.metrics import json_safe
-from pbidr.utils.device import matmul_rate  # noqa: F401 (the verbs import it from here)
+from pbidr.utils.device import matmul_rate  # noqa: F401  (the verbs import it from here)
 from pbidr.utils.atomic import write_json, write_text
 
 
