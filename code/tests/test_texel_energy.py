@@ -91,8 +91,8 @@ def test_a_highlight_on_a_flat_patch_is_not_relief(patch):
     _, chart, x, y = patch
     key = direction(30.0, 60.0)
     texture = render(chart, np.zeros_like(x), key, lobe=0.35)
-    on = fit_detail(chart, texture, QUICK)
-    off = fit_detail(chart, texture, replace(QUICK, specular="off"))
+    on = fit_detail(chart, texture, CFG)  # the bump without the lobe needs the full steps to grow
+    off = fit_detail(chart, texture, replace(CFG, specular="off"))
     assert on.light.lobe is not None and off.light.lobe is None
     m = inner(chart)
     rms_on, rms_off = np.sqrt(np.mean(on.displacement[m] ** 2)), np.sqrt(np.mean(off.displacement[m] ** 2))
