@@ -114,3 +114,30 @@ def test_bench_verb_help_imports_none_of_the_stages_it_runs():
                          env={"PYTHONPATH": str(CODE), "PATH": "/usr/bin:/bin"})
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]", res.stdout
+
+
+def test_matrix_reuses_a_finished_condition_only_when_nothing_it_depends_on_changed(tmp_path):
+    """An interrupted ``bench matrix`` resumes: a condition kept in ``done/`` is reused for the same job and
+    made again when the energy, the seed or the oracle differ, or when its maps are gone."""
+    import json
+    from dataclasses import replace
+
+    from pbidr.bench.matrix import _cached, _job_key
+    from pbidr.detail.fit import FitConfig
+
+    job = {"out": str(tmp_path), "preset": "classic", "seed": 0, "fit": FitConfig(), "resolution": 256,
+           "oracle": True, "threads": 1, "device": "cpu"}
+    assert _cached(job) is None
+    (tmp_path / "done").mkdir()
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "done" / "classic-s0.json").write_text(json.dumps({"key": _job_key(job), "result": {"seed": 0}}))
+    assert _cached(job) is None  # no maps: the contact sheet needs them
+    (tmp_path / "maps" / "classic-s0.npz").write_bytes(b"")
+    assert _cached(job) == {"seed": 0, "cached": True}
+    assert _cached(dict(job, threads=2, device="cuda")) is not None
+    for other in (dict(job, fit=replace(FitConfig(), mark_layer_cost=0.0)), dict(job, oracle=False),
+                  dict(job, resolution=512)):
+        assert _cached(other) is None
+    assert _cached(dict(job, seed=1)) is None  # another file
+    (tmp_path / "done" / "classic-s0.json").write_text("{not json")
+    assert _cached(job) is None

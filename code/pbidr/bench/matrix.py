@@ -12,7 +12,9 @@ Writes ``OUT/matrix.json``, ``OUT/matrix.md`` and ``OUT/matrix.png`` (a contact 
 condition its texture and the relief of the truth, of the fit and of the fit from the truth, shaded alike
 under one raking light), with the
 fp32 matmul rate measured in the same run. Samples are kept in ``OUT/samples`` and reused when their
-conditions match.
+conditions match; each finished condition is kept in ``OUT/done`` and reused when the energy, the
+resolution, the oracle and the sample are the same, so that an interrupted matrix resumes (its timings
+are then those of the earlier run).
 """
 
 from __future__ import annotations
@@ -84,6 +86,9 @@ def run_condition(job: dict) -> dict:
     from pbidr.evaluation.score import sample_reference
     from pbidr.io.load import load_mesh
 
+    cached = _cached(job)
+    if cached is not None:
+        return cached
     t0 = time.perf_counter()
     folder = sample_folder(Path(job["out"]), job["preset"], job["seed"])
     sample_s = time.perf_counter() - t0
@@ -106,9 +111,43 @@ def run_condition(job: dict) -> dict:
         result[run] = {"fit_s": time.perf_counter() - t, "light": fit.light.describe(),
                        **score_map(mesh, dense, dense_n, fit.displacement, truth, coarse_errors["mean"], ceiling)}
         images[run] = relief(chart, fit.displacement)
-    np.savez_compressed(Path(job["out"]) / "maps" / f"{job['preset']}-s{job['seed']}.npz",
+    name = f"{job['preset']}-s{job['seed']}"
+    np.savez_compressed(Path(job["out"]) / "maps" / f"{name}.npz",
                         **{k: v.astype(np.float16) for k, v in images.items()})
+    done = Path(job["out"]) / "done" / f"{name}.json"  # last, by rename: a killed run leaves none half-written
+    done.parent.mkdir(exist_ok=True)
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": _job_key(job), "result": result}))
+    tmp.replace(done)
     return result
+
+
+def _job_key(job: dict) -> str:
+    """What a condition's result depends on: the energy, the resolution, the oracle, the sample's
+    conditions and seed (the device and the threads change timings only)."""
+    from dataclasses import asdict
+
+    from pbidr.preprocess.conditions import conditions_for
+
+    return json.dumps({"fit": asdict(job["fit"]), "resolution": job["resolution"], "oracle": job["oracle"],
+                       "conditions": conditions_for(job["preset"]).to_dict(), "seed": job["seed"]},
+                      sort_keys=True, default=str)
+
+
+def _cached(job: dict) -> dict | None:
+    """The result of an earlier run of the same job in this work folder (``done/``), so that an interrupted
+    matrix resumes where it stopped; None when there is none or it was made with anything different."""
+    name = f"{job['preset']}-s{job['seed']}"
+    done, maps = Path(job["out"]) / "done" / f"{name}.json", Path(job["out"]) / "maps" / f"{name}.npz"
+    if not (done.is_file() and maps.is_file()):
+        return None
+    try:
+        old = json.loads(done.read_text())
+    except (OSError, ValueError):
+        return None
+    if old.get("key") != _job_key(job):
+        return None
+    return dict(old["result"], cached=True)
 
 
 # ----------------------------------------------------------------------------- the matrix
@@ -148,7 +187,8 @@ def report_lines(report: dict) -> list[str]:
     s = report["summary"]
     lines = [f"fp32 matmul {report['matmul_gflops'][0]:.0f} / {report['matmul_gflops'][1]:.0f} GFLOP/s (before / after), "
              f"{report['jobs']} conditions at a time, {report['threads']} thread(s) each, wall {report['wall_s']:.0f} s, "
-             f"device {report['device']}", "",
+             f"device {report['device']}"
+             + (f"; {report['reused']} condition(s) reused from an earlier run" if report.get("reused") else ""), "",
              "| condition | seed | recovered coarse / dense | ratio / ceiling | corr | RMS / true / error mm | leak (all; by kind) | oracle ratio (limit) | fit s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
@@ -257,6 +297,7 @@ def main(args: argparse.Namespace) -> int:
         results = list(pool.map(run_condition, jobs))
     report = {"machine": machine_info(args.device), "matmul_gflops": [rate, matmul_rate(device=args.device) / 1e9],
               "wall_s": time.perf_counter() - t0, "jobs": args.jobs,
+              "reused": sum(bool(r.get("cached")) for r in results),
               "threads": jobs[0]["threads"], "device": jobs[0]["device"], "conf": args.conf, "set": args.set,
               "results": results, "summary": summarise(results)}
     lines = report_lines(report)
