@@ -141,3 +141,26 @@ def test_matrix_reuses_a_finished_condition_only_when_nothing_it_depends_on_chan
     assert _cached(dict(job, seed=1)) is None  # another file
     (tmp_path / "done" / "classic-s0.json").write_text("{not json")
     assert _cached(job) is None
+
+
+def test_matrix_summary_says_not_measured_for_an_oracle_it_did_not_run():
+    from pbidr.bench.matrix import report_lines, summarise
+
+    def result(rec, oracle=None):
+        coarse = {"recovered": rec, "ratio": 1.0 - 0.5 * rec, "ceiling": 0.5, "correlation": 0.6, "rms_mm": 0.1,
+                  "true_rms_mm": 0.2, "error_rms_mm": 0.15, "leak": 1.0, "leak_by_kind": {"grey": 1.3}}
+        r = {"preset": "classic", "seed": 0, "ceiling": {"coarse": 0.5},
+             "fit": {"coarse": coarse, "dense": {"recovered": rec}, "fit_s": 1.0}}
+        if oracle is not None:
+            r["oracle"] = {"coarse": {"ratio": oracle}}
+        return r
+
+    without = summarise([result(0.5), result(0.3)])
+    assert without["oracle_drift_misses"] is None and without["targets"]["oracle within ceiling + 0.1"] is None
+    assert without["recovered_coarse"] == {"worst": 0.3, "median": 0.4}
+    assert not without["targets"]["leak <= 1.2 per kind"]
+    report = {"matmul_gflops": [1.0, 1.0], "jobs": 1, "threads": 1, "wall_s": 1.0, "device": "cpu",
+              "results": [result(0.5)], "summary": without}
+    assert "- oracle within ceiling + 0.1: not measured" in report_lines(report)
+    measured = summarise([result(0.5, oracle=0.55), result(0.3, oracle=0.7)])
+    assert measured["oracle_drift_misses"] == 1 and measured["targets"]["oracle within ceiling + 0.1"] is False
