@@ -174,11 +174,21 @@ def _choose(browser: Browser, label: str, option: str) -> None:
     browser.click(*browser.centre_of(find))
 
 
-def _slide(browser: Browser, label: str, fraction: float) -> None:
-    """Click the slider's track at ``fraction`` of its length."""
+def _slide(browser: Browser, label: str, fraction: float, tries: int = 3) -> None:
+    """Click the slider's track at ``fraction`` of its length, and wait (up to 5 s) until the slider says
+    its value changed. The page's panel may still be laying itself out (a CI run once clicked a track that
+    was about to move): then the track is measured and clicked again, up to ``tries`` times. The caller
+    asserts the value it expects."""
     track = f"{_control(browser, label)}.querySelector('.mantine-Slider-track')"
-    box = browser.js(f"(() => {{ const r = {track}.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; }})()")
-    browser.click(box[0] + fraction * box[2], box[1] + box[3] / 2)
+    old = _value(browser, label)
+    for _ in range(tries):
+        box = browser.js(f"(() => {{ const r = {track}.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; }})()")
+        browser.click(box[0] + fraction * box[2], box[1] + box[3] / 2)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 5.0:
+            if _value(browser, label) != old:
+                return
+            time.sleep(0.1)
 
 
 def _value(browser: Browser, label: str) -> str:
