@@ -259,14 +259,19 @@ def wrinkle_parameters(seed: int, n: int) -> dict[str, np.ndarray]:
             "phase": rng.uniform(0.0, 2.0 * np.pi, n)}
 
 
+def _patch_frame(px: np.ndarray, py: np.ndarray, centre: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """The coordinates (mm) of the points along and across a patch's direction ``angle``, from its centre."""
+    c, s = np.cos(angle), np.sin(angle)
+    x, y = px - centre[0], py - centre[1]
+    return c * x + s * y, -s * x + c * y
+
+
 def wrinkle_patches(px: np.ndarray, py: np.ndarray, seed: int, n: int) -> np.ndarray:
     """Sum of n patches of parallel wrinkles (mm): a sinusoid across the lines under a Gaussian envelope."""
     p = wrinkle_parameters(seed, n)
     out = np.zeros(np.shape(px))
     for i in range(n):
-        c, s = np.cos(p["angle"][i]), np.sin(p["angle"][i])
-        x, y = px - p["centre"][i, 0], py - p["centre"][i, 1]
-        along, across = c * x + s * y, -s * x + c * y
+        along, across = _patch_frame(px, py, p["centre"][i], p["angle"][i])
         env = np.exp(-0.5 * ((along / p["along"][i]) ** 2 + (across / p["across"][i]) ** 2))
         out += p["amplitude"][i] * env * np.sin(2.0 * np.pi * across / p["spacing"][i] + p["phase"][i])
     return out
@@ -287,9 +292,7 @@ def broad_folds(px: np.ndarray, py: np.ndarray, seed: int, n: int) -> np.ndarray
     p = fold_parameters(seed, n)
     out = np.zeros(np.shape(px))
     for i in range(n):
-        c, s = np.cos(p["angle"][i]), np.sin(p["angle"][i])
-        x, y = px - p["centre"][i, 0], py - p["centre"][i, 1]
-        along, across = c * x + s * y, -s * x + c * y
+        along, across = _patch_frame(px, py, p["centre"][i], p["angle"][i])
         across = across - p["curvature"][i] * along**2
         out += p["depth"][i] * np.exp(-0.5 * (across / p["sigma"][i]) ** 2 - 0.5 * (along / p["length"][i]) ** 2)
     return out
