@@ -85,6 +85,7 @@ def run_condition(job: dict) -> dict:
     from pbidr.evaluation.run_eval import map_texel_spacing
     from pbidr.evaluation.score import sample_reference
     from pbidr.io.load import load_mesh
+    from pbidr.utils.atomic import atomic_path, write_json
 
     cached = _cached(job)
     if cached is not None:
@@ -111,15 +112,18 @@ def run_condition(job: dict) -> dict:
         result[run] = {"fit_s": time.perf_counter() - t, "light": fit.light.describe(),
                        **score_map(mesh, dense, dense_n, fit.displacement, truth, coarse_errors["mean"], ceiling)}
         images[run] = relief(chart, fit.displacement)
-    name = f"{job['preset']}-s{job['seed']}"
-    np.savez_compressed(Path(job["out"]) / "maps" / f"{name}.npz",
-                        **{k: v.astype(np.float16) for k, v in images.items()})
-    done = Path(job["out"]) / "done" / f"{name}.json"  # last, by rename: a killed run leaves none half-written
-    done.parent.mkdir(exist_ok=True)
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": _job_key(job), "result": result}))
-    tmp.replace(done)
+    maps_file, done = _job_files(job)
+    with atomic_path(maps_file) as tmp:
+        np.savez_compressed(tmp, **{k: v.astype(np.float16) for k, v in images.items()})
+    write_json(done, {"key": _job_key(job), "result": result})  # last: done means both are whole
     return result
+
+
+def _job_files(job: dict) -> tuple[Path, Path]:
+    """Where a condition's relief maps (the contact sheet's) and its finished result are kept; ``job`` has
+    out, preset and seed (a job, or a result with out)."""
+    name = f"{job['preset']}-s{job['seed']}"
+    return Path(job["out"]) / "maps" / f"{name}.npz", Path(job["out"]) / "done" / f"{name}.json"
 
 
 def _job_key(job: dict) -> str:
@@ -137,8 +141,7 @@ def _job_key(job: dict) -> str:
 def _cached(job: dict) -> dict | None:
     """The result of an earlier run of the same job in this work folder (``done/``), so that an interrupted
     matrix resumes where it stopped; None when there is none or it was made with anything different."""
-    name = f"{job['preset']}-s{job['seed']}"
-    done, maps = Path(job["out"]) / "done" / f"{name}.json", Path(job["out"]) / "maps" / f"{name}.npz"
+    maps, done = _job_files(job)
     if not (done.is_file() and maps.is_file()):
         return None
     try:
@@ -219,7 +222,7 @@ def contact_sheet(out: Path, results: list[dict]) -> np.ndarray:
         if r["preset"] in seen:
             continue
         seen.add(r["preset"])
-        maps = np.load(out / "maps" / f"{r['preset']}-s{r['seed']}.npz")
+        maps = np.load(_job_files(dict(r, out=out))[0])
         tiles = [np.asarray(maps["texture"], np.float32)]
         for key in ("truth", "fit", "oracle"):
             if key in maps:
