@@ -164,13 +164,20 @@ def _click_checkbox(browser: Browser, label: str) -> None:
     browser.click(*browser.centre_of(_control(browser, label)))
 
 
+def _wait_for(condition, timeout: float) -> bool:
+    """Poll ``condition()`` every 0.1 s until it holds (True) or ``timeout`` seconds pass (False)."""
+    t0 = time.monotonic()
+    while not condition():
+        if time.monotonic() - t0 >= timeout:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def _choose(browser: Browser, label: str, option: str) -> None:
     browser.click(*browser.centre_of(_control(browser, label)))
     find = f"Array.from(document.querySelectorAll('[role=option]')).find(o => o.textContent.trim() === {option!r})"
-    t0 = time.monotonic()
-    while not browser.js(f"!!({find})"):
-        assert time.monotonic() - t0 < 10, f"the {label} list did not open"
-        time.sleep(0.1)
+    assert _wait_for(lambda: browser.js(f"!!({find})"), 10), f"the {label} list did not open"
     browser.click(*browser.centre_of(find))
 
 
@@ -184,11 +191,8 @@ def _slide(browser: Browser, label: str, fraction: float, tries: int = 3) -> Non
     for _ in range(tries):
         box = browser.js(f"(() => {{ const r = {track}.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; }})()")
         browser.click(box[0] + fraction * box[2], box[1] + box[3] / 2)
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 5.0:
-            if _value(browser, label) != old:
-                return
-            time.sleep(0.1)
+        if _wait_for(lambda: _value(browser, label) != old, 5.0):
+            return
 
 
 def _value(browser: Browser, label: str) -> str:
